@@ -1,0 +1,383 @@
+"""Reading and writing images and gradient tables.
+
+One in-memory form for every image: :class:`Volume`, a float32 array indexed (i, j, k[, t]) with a
+4 x 4 voxel-to-RAS affine in millimetres (the NIfTI / nibabel convention). NIfTI and Analyze 7.5 go
+through nibabel, NRRD (including Slicer's DWI NRRD and its gradient keys) through SimpleITK.
+Writers keep the geometry and write atomically (a temporary file in the same folder, then a rename).
+
+Gradient directions inside the engine are unit vectors in RAS world coordinates (see
+:func:`fsl_to_world` for the conversion from FSL's voxel-frame bvecs).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import MRHNetError
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+ANALYZE_SUFFIXES = (".hdr", ".img")
+NRRD_SUFFIXES = (".nrrd", ".nhdr")
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+@dataclass
+class Volume:
+    """An image: ``data`` indexed (i, j, k[, t]) and ``affine`` mapping voxel (i, j, k, 1) to RAS mm."""
+
+    data: np.ndarray
+    affine: np.ndarray = field(default_factory=lambda: np.eye(4))
+    name: str = ""
+
+    @property
+    def shape3(self) -> tuple[int, int, int]:
+        return tuple(self.data.shape[:3])  # type: ignore[return-value]
+
+    @property
+    def spacing(self) -> np.ndarray:
+        """Voxel size in mm along i, j, k."""
+        return np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
+
+    def with_data(self, data: np.ndarray, name: str | None = None) -> "Volume":
+        """A new volume on the same grid."""
+        return Volume(data, self.affine.copy(), self.name if name is None else name)
+
+
+@dataclass
+class Gradients:
+    """b-values (s/mm^2) and unit gradient directions in RAS world coordinates, one row per volume."""
+
+    bvals: np.ndarray
+    bvecs: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.bvals = np.asarray(self.bvals, dtype=float).reshape(-1)
+        self.bvecs = np.asarray(self.bvecs, dtype=float).reshape(-1, 3)
+        if len(self.bvals) != len(self.bvecs):
+            raise MRHNetError(f"gradient table has {len(self.bvals)} b-values but {len(self.bvecs)} directions")
+        norms = np.linalg.norm(self.bvecs, axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            self.bvecs = np.where(norms[:, None] > 1e-6, self.bvecs / norms[:, None], 0.0)
+
+    def __len__(self) -> int:
+        return len(self.bvals)
+
+
+def suffix_of(path: str | os.PathLike) -> str:
+    name = str(path).lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else (".nrrd" if name.endswith(".seg.nrrd") else Path(name).suffix)
+
+
+def _check_exists(path: Path) -> None:
+    if not path.exists():
+        raise MRHNetError(f"{path}: file does not exist")
+    if path.is_dir():
+        raise MRHNetError(f"{path}: is a folder, expected an image file")
+
+
+def _clean(data: np.ndarray, path: Path) -> np.ndarray:
+    data = np.asarray(data, dtype=np.float32)
+    bad = ~np.isfinite(data)
+    n = int(bad.sum())
+    if n:
+        warnings.warn(f"{path}: {n} NaN/Inf voxels set to 0", stacklevel=3)
+        data = np.where(bad, 0.0, data).astype(np.float32)
+    return data
+
+
+def _sitk_to_affine(image) -> np.ndarray:
+    """Voxel-to-RAS affine of a SimpleITK image (ITK geometry is LPS)."""
+    dim = image.GetDimension()
+    direction = np.array(image.GetDirection()).reshape(dim, dim)[:3, :3]
+    spacing = np.array(image.GetSpacing())[:3]
+    origin = np.array(image.GetOrigin())[:3]
+    affine = np.eye(4)
+    affine[:3, :3] = LPS_TO_RAS @ direction @ np.diag(spacing)
+    affine[:3, 3] = LPS_TO_RAS @ origin
+    return affine
+
+
+def _affine_to_sitk(affine: np.ndarray) -> tuple[list, list, list]:
+    """(spacing, direction, origin) of a voxel-to-RAS affine, in ITK's LPS terms."""
+    lin = LPS_TO_RAS @ affine[:3, :3]
+    spacing = np.sqrt((lin ** 2).sum(axis=0))
+    direction = lin / spacing
+    origin = LPS_TO_RAS @ affine[:3, 3]
+    return spacing.tolist(), direction.reshape(-1).tolist(), origin.tolist()
+
+
+def _read_sitk(path: Path):
+    import SimpleITK as sitk
+
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise MRHNetError(f"{path}: cannot be read as an image ({_first_line(exc)})") from None
+    array = sitk.GetArrayFromImage(image)  # (k, j, i[, c]) or (t, k, j, i)
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        array = np.moveaxis(array, -1, 0)  # components first, then reverse spatial axes below
+        array = np.transpose(array, (3, 2, 1, 0)) if array.ndim == 4 else array
+    else:
+        array = np.transpose(array, tuple(range(array.ndim))[::-1])
+    return image, array
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [line for line in lines if "ERROR" in line.upper() or "exception" in line.lower()]
+    return (useful or lines or [type(exc).__name__])[-1][:200]
+
+
+def read_volume(path: str | os.PathLike, allow_4d: bool = True) -> Volume:
+    """Read a NIfTI, Analyze 7.5 or NRRD image; NaN/Inf voxels become 0 with a warning that counts them."""
+    path = Path(path)
+    _check_exists(path)
+    suffix = suffix_of(path)
+    if suffix in NRRD_SUFFIXES:
+        image, data = _read_sitk(path)
+        affine = _sitk_to_affine(image)
+    elif suffix in NIFTI_SUFFIXES + ANALYZE_SUFFIXES:
+        import nibabel as nib
+
+        if suffix in ANALYZE_SUFFIXES:
+            other = path.with_suffix(".img" if suffix == ".hdr" else ".hdr")
+            _check_exists(other)
+        try:
+            img = nib.load(str(path))
+            data = np.asanyarray(img.dataobj)
+        except Exception as exc:  # nibabel raises many types for damaged files
+            raise MRHNetError(f"{path}: cannot be read ({_first_line(exc)}); is the file truncated or damaged?") from None
+        affine = np.asarray(img.affine, dtype=float)
+    else:
+        raise MRHNetError(f"{path}: unknown image format '{suffix}' (use .nii, .nii.gz, .hdr/.img, .nrrd or .nhdr)")
+    data = np.squeeze(data) if data.ndim > 4 else data
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim < 3 or min(data.shape[:3]) < 1 or (data.ndim == 3 and sorted(data.shape)[0] == 1):
+        raise MRHNetError(f"{path}: is a {data.ndim}D image of shape {data.shape}; a 3D volume is needed")
+    if data.ndim == 4 and not allow_4d:
+        raise MRHNetError(f"{path}: is 4D {data.shape}; a single 3D volume is needed here")
+    if data.size == 0:
+        raise MRHNetError(f"{path}: image is empty")
+    return Volume(_clean(data, path), affine, path.name)
+
+
+def _atomic_target(path: Path, suffix: str) -> tuple[Path, Path]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + path.name.split(".")[0] + "-", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    return path, Path(tmp)
+
+
+def write_volume(path: str | os.PathLike, volume: Volume, dtype=np.float32) -> Path:
+    """Write ``volume`` keeping its geometry; atomic (temporary file then rename). Returns the path."""
+    path = Path(path)
+    suffix = suffix_of(path)
+    data = np.asarray(volume.data).astype(dtype, copy=False)
+    if suffix in NRRD_SUFFIXES:
+        import SimpleITK as sitk
+
+        target, tmp = _atomic_target(path, ".nrrd")
+        arr = np.transpose(data, (2, 1, 0, 3)) if data.ndim == 4 else np.transpose(data, (2, 1, 0))
+        image = sitk.GetImageFromArray(np.ascontiguousarray(arr), isVector=data.ndim == 4)
+        spacing, direction, origin = _affine_to_sitk(volume.affine)
+        image.SetSpacing(spacing), image.SetDirection(direction), image.SetOrigin(origin)
+        try:
+            sitk.WriteImage(image, str(tmp), useCompression=True)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return target
+    import nibabel as nib
+
+    if suffix in NIFTI_SUFFIXES:
+        img = nib.Nifti1Image(data, volume.affine)
+        img.set_qform(volume.affine, code=1)
+        img.set_sform(volume.affine, code=1)
+        target, tmp = _atomic_target(path, suffix)
+        try:
+            nib.save(img, str(tmp))
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return target
+    if suffix in ANALYZE_SUFFIXES:
+        img = nib.AnalyzeImage(data, volume.affine)
+        hdr, tmp = _atomic_target(path.with_suffix(".hdr"), ".hdr")
+        try:
+            nib.save(img, str(tmp))
+            os.replace(tmp.with_suffix(".img"), hdr.with_suffix(".img"))
+            os.replace(tmp, hdr)
+        finally:
+            tmp.unlink(missing_ok=True)
+            tmp.with_suffix(".img").unlink(missing_ok=True)
+        return hdr
+    raise MRHNetError(f"{path}: unknown image format '{suffix}' (use .nii, .nii.gz, .hdr/.img, .nrrd or .nhdr)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradient tables
+
+
+def rotation_of(affine: np.ndarray) -> np.ndarray:
+    """The direction cosines (columns: world direction of voxel axes i, j, k) of an affine."""
+    lin = np.asarray(affine)[:3, :3]
+    return lin / np.sqrt((lin ** 2).sum(axis=0))
+
+
+def fsl_to_world(bvecs_vox: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """FSL bvecs (image axes, x flipped when the affine's determinant is positive) to RAS world vectors."""
+    v = np.array(bvecs_vox, dtype=float).reshape(-1, 3)
+    if np.linalg.det(affine[:3, :3]) > 0:
+        v[:, 0] = -v[:, 0]
+    return v @ rotation_of(affine).T
+
+
+def world_to_fsl(bvecs_world: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`fsl_to_world`."""
+    v = np.asarray(bvecs_world, dtype=float).reshape(-1, 3) @ np.linalg.inv(rotation_of(affine)).T
+    if np.linalg.det(affine[:3, :3]) > 0:
+        v[:, 0] = -v[:, 0]
+    return v
+
+
+def read_fsl_gradients(bval_path: str | os.PathLike, bvec_path: str | os.PathLike, affine: np.ndarray) -> Gradients:
+    """Read FSL ``.bval`` / ``.bvec`` files (the bvec file may be 3 x N or N x 3)."""
+    bval_path, bvec_path = Path(bval_path), Path(bvec_path)
+    for p in (bval_path, bvec_path):
+        _check_exists(p)
+    try:
+        bvals = np.loadtxt(bval_path, dtype=float, ndmin=1).reshape(-1)
+        bvecs = np.loadtxt(bvec_path, dtype=float, ndmin=2)
+    except ValueError as exc:
+        raise MRHNetError(f"{bval_path.name}/{bvec_path.name}: not a numeric gradient table ({exc})") from None
+    if bvecs.shape[0] == 3 and bvecs.shape[1] != 3:
+        bvecs = bvecs.T
+    elif bvecs.shape == (3, 3):
+        bvecs = bvecs.T  # FSL's layout is 3 rows
+    if bvecs.ndim != 2 or bvecs.shape[1] != 3:
+        raise MRHNetError(f"{bvec_path}: expected 3 rows of directions, found shape {bvecs.shape}")
+    if len(bvals) != len(bvecs):
+        raise MRHNetError(f"{bval_path}: {len(bvals)} b-values but {bvec_path.name} has {len(bvecs)} directions")
+    return Gradients(bvals, fsl_to_world(bvecs, affine))
+
+
+def read_gradient_table(path: str | os.PathLike, affine: np.ndarray) -> Gradients:
+    """Read a ``gx gy gz b`` table (commas or spaces), directions in image axes, as the original tool used."""
+    path = Path(path)
+    _check_exists(path)
+    try:
+        table = np.loadtxt(path, delimiter=None, ndmin=2, converters=None) if "," not in path.read_text() \
+            else np.loadtxt(path, delimiter=",", ndmin=2)
+    except ValueError as exc:
+        raise MRHNetError(f"{path}: not a numeric 'gx gy gz b' table ({exc})") from None
+    if table.shape[1] != 4:
+        raise MRHNetError(f"{path}: expected 4 columns 'gx gy gz b', found {table.shape[1]}")
+    return Gradients(table[:, 3], table[:, :3] @ rotation_of(affine).T)
+
+
+def write_fsl_gradients(stem: str | os.PathLike, gradients: Gradients, affine: np.ndarray) -> tuple[Path, Path]:
+    """Write ``stem.bval`` and ``stem.bvec`` (FSL layout, voxel frame), atomically."""
+    stem = Path(stem)
+    out = []
+    for suffix, text in ((".bval", " ".join(f"{b:g}" for b in gradients.bvals) + "\n"),
+                         (".bvec", "\n".join(" ".join(f"{x:.6f}" for x in row)
+                                             for row in world_to_fsl(gradients.bvecs, affine).T) + "\n")):
+        target, tmp = _atomic_target(Path(str(stem) + suffix), suffix)
+        tmp.write_text(text)
+        os.replace(tmp, target)
+        out.append(target)
+    return out[0], out[1]
+
+
+def read_dwi(path: str | os.PathLike, bval: str | os.PathLike | None = None, bvec: str | os.PathLike | None = None,
+             table: str | os.PathLike | None = None) -> tuple[Volume, Gradients]:
+    """Read a 4D DWI and its gradients.
+
+    Gradients come from ``bval``/``bvec`` (FSL), from a ``gx gy gz b`` ``table``, from the DWMRI keys of a
+    Slicer DWI NRRD, or (when none is given) from ``<stem>.bval``/``<stem>.bvec`` beside the image.
+    """
+    path = Path(path)
+    volume = read_volume(path)
+    if volume.data.ndim != 4:
+        raise MRHNetError(f"{path}: is 3D {volume.data.shape}; a 4D diffusion-weighted image is needed")
+    if table is not None:
+        grads = read_gradient_table(table, volume.affine)
+        source = Path(table).name
+    elif bval is not None or bvec is not None:
+        if bval is None or bvec is None:
+            raise MRHNetError(f"{path}: both a .bval and a .bvec file are needed")
+        grads = read_fsl_gradients(bval, bvec, volume.affine)
+        source = Path(bvec).name
+    elif suffix_of(path) in NRRD_SUFFIXES:
+        grads = read_nrrd_gradients(path)
+        source = path.name
+    else:
+        stem = str(path)[: -len(suffix_of(path))]
+        if not (Path(stem + ".bval").exists() and Path(stem + ".bvec").exists()):
+            raise MRHNetError(f"{path}: no b-values: give --bval/--bvec or a gradient table "
+                              f"(looked for {Path(stem).name}.bval/.bvec)")
+        grads = read_fsl_gradients(stem + ".bval", stem + ".bvec", volume.affine)
+        source = Path(stem).name + ".bval/.bvec"
+    if len(grads) != volume.data.shape[3]:
+        raise MRHNetError(f"{path}: has {volume.data.shape[3]} volumes but {source} lists {len(grads)} gradients")
+    return volume, grads
+
+
+def read_nrrd_gradients(path: str | os.PathLike) -> Gradients:
+    """Gradients of a Slicer DWI NRRD: ``DWMRI_b-value``, ``DWMRI_gradient_NNNN``, measurement frame."""
+    import nrrd
+
+    path = Path(path)
+    try:
+        header = nrrd.read_header(str(path))
+    except Exception as exc:
+        raise MRHNetError(f"{path}: cannot read NRRD header ({_first_line(exc)})") from None
+    if "DWMRI_b-value" not in header:
+        raise MRHNetError(f"{path}: NRRD has no DWMRI_b-value key; give a .bval/.bvec or gradient table")
+    bmax = float(header["DWMRI_b-value"])
+    keys = sorted(k for k in header if k.startswith("DWMRI_gradient_"))
+    if not keys:
+        raise MRHNetError(f"{path}: NRRD has no DWMRI_gradient_NNNN keys")
+    g = np.array([[float(x) for x in str(header[k]).split()] for k in keys])
+    frame = np.asarray(header.get("measurement frame", np.eye(3)), dtype=float)
+    space = str(header.get("space", "left-posterior-superior"))
+    norms2 = (g ** 2).sum(axis=1)
+    world = g @ frame.T  # measurement frame -> space coordinates
+    if space.startswith("left-posterior") or space == "LPS":
+        world = world @ LPS_TO_RAS.T
+    return Gradients(bmax * norms2, world)
+
+
+def write_dwi_nrrd(path: str | os.PathLike, volume: Volume, gradients: Gradients) -> Path:
+    """Write a Slicer-style DWI NRRD (gradient list axis first, DWMRI keys, identity measurement frame in LPS)."""
+    import nrrd
+
+    path = Path(path)
+    bmax = float(gradients.bvals.max())
+    spacing, direction, origin = _affine_to_sitk(volume.affine)
+    dirs = np.array(direction).reshape(3, 3) * np.array(spacing)
+    header = {
+        "type": "float", "dimension": 4, "space": "left-posterior-superior",
+        "kinds": ["list", "domain", "domain", "domain"],
+        "space directions": np.vstack([[np.nan] * 3, dirs.T]),
+        "space origin": np.array(origin), "measurement frame": np.eye(3), "encoding": "gzip",
+        "modality": "DWMRI", "DWMRI_b-value": f"{bmax:g}",
+    }
+    lps = gradients.bvecs @ LPS_TO_RAS.T
+    for n, (b, g) in enumerate(zip(gradients.bvals, lps)):
+        scaled = g * np.sqrt(max(b, 0.0) / bmax) if bmax > 0 else g * 0
+        header[f"DWMRI_gradient_{n:04d}"] = " ".join(f"{x:.8f}" for x in scaled)
+    target, tmp = _atomic_target(path, ".nrrd")
+    try:
+        nrrd.write(str(tmp), np.ascontiguousarray(np.moveaxis(volume.data.astype(np.float32), 3, 0)), header,
+                   custom_field_map={k: "string" for k in header if k.startswith("DWMRI") or k == "modality"})
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target

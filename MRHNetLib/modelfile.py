@@ -1,0 +1,176 @@
+"""Safe model files: a folder ``NAME.mrhnet/`` with ``weights.safetensors`` and ``model.json``.
+
+``model.json`` holds everything needed to use the network correctly: architecture and depth, the input
+:class:`~MRHNetLib.protocol.Protocol` (channel roles, b-values, directions, patch plane and size,
+normalisation including the target scale, voxel size), the target and its units, a training summary,
+provenance and the software version, and the SHA-256 of the weights. Loading never unpickles: weights
+are read with safetensors only, and a file whose hash does not match, or that is a pickle / torch.save
+archive, is refused with a clear error.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import MRHNetError
+from .model import MRHNet
+from .protocol import Protocol
+
+FORMAT = "mrhnet-model"
+FORMAT_VERSION = 1
+WEIGHTS = "weights.safetensors"
+META = "model.json"
+SUFFIX = ".mrhnet"
+
+
+@dataclass
+class ModelInfo:
+    """Metadata of a model file (everything but the weights)."""
+
+    protocol: Protocol
+    depth: int
+    target: str = "af"
+    target_units: str = "a.u."
+    width: int = 64
+    description: str = ""
+    training: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        from . import __version__
+
+        return {"format": FORMAT, "format_version": FORMAT_VERSION,
+                "architecture": {"name": "MRHNet", "in_channels": self.protocol.n_channels, "depth": self.depth,
+                                 "width": self.width},
+                "target": {"name": self.target, "units": self.target_units},
+                "description": self.description, "protocol": self.protocol.to_dict(),
+                "training": self.training, "provenance": self.provenance,
+                "software": {"mrhnet": __version__, "torch": torch.__version__}}
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "model.json") -> "ModelInfo":
+        if d.get("format") != FORMAT:
+            raise MRHNetError(f"{where}: not an MRHNet model description (format={d.get('format')!r})")
+        if int(d.get("format_version", 0)) > FORMAT_VERSION:
+            raise MRHNetError(f"{where}: model format version {d['format_version']} is newer than this software "
+                              f"understands ({FORMAT_VERSION}); update MRHNet")
+        arch = d.get("architecture", {})
+        if arch.get("name") != "MRHNet":
+            raise MRHNetError(f"{where}: unknown architecture {arch.get('name')!r}")
+        protocol = Protocol.from_dict(d["protocol"])
+        if protocol.n_channels != int(arch.get("in_channels", -1)):
+            raise MRHNetError(f"{where}: protocol lists {protocol.n_channels} channels but the network has "
+                              f"{arch.get('in_channels')} inputs")
+        return cls(protocol, int(arch["depth"]), d["target"]["name"], d["target"].get("units", "a.u."),
+                   int(arch.get("width", 64)), d.get("description", ""), d.get("training", {}),
+                   d.get("provenance", {}))
+
+
+@dataclass
+class LoadedModel:
+    """A network ready to run, with its metadata and where it came from."""
+
+    net: MRHNet
+    info: ModelInfo
+    path: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.name[: -len(SUFFIX)] if self.path and self.path.name.endswith(SUFFIX) else \
+            (self.path.name if self.path else "model")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_model(path: str | os.PathLike, net: MRHNet, info: ModelInfo) -> Path:
+    """Write ``path`` (a ``.mrhnet`` folder) atomically: built in a temporary folder, then renamed into place."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if net.in_channels != info.protocol.n_channels or net.depth != info.depth:
+        raise MRHNetError(f"{path}: network ({net.in_channels} inputs, depth {net.depth}) does not match its "
+                          f"description ({info.protocol.n_channels} channels, depth {info.depth})")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-" + path.name + "-", dir=path.parent))
+    try:
+        state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        meta = info.to_dict()
+        meta["weights_sha256"] = _sha256(tmp / WEIGHTS)
+        (tmp / META).write_text(json.dumps(meta, indent=1))
+        if path.exists():
+            old = path.with_name(path.name + ".old")
+            os.replace(path, old) if not old.exists() else None
+            _rmtree(old)
+        os.replace(tmp, path)
+    finally:
+        _rmtree(tmp)
+    return path
+
+
+def _rmtree(p: Path) -> None:
+    import shutil
+
+    if p.exists():
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def read_info(path: str | os.PathLike) -> ModelInfo:
+    """Read only the metadata of a model folder."""
+    path = Path(path)
+    meta_path = path / META if path.is_dir() else path
+    if not path.exists():
+        raise MRHNetError(f"{path}: model does not exist")
+    if not meta_path.exists():
+        raise MRHNetError(f"{path}: not a model folder (no {META})")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MRHNetError(f"{meta_path}: is not valid JSON ({exc})") from None
+    return ModelInfo.from_dict(meta, str(meta_path))
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a model folder safely (safetensors only; hash checked). Raises :class:`MRHNetError`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    info = read_info(path)
+    weights = path / WEIGHTS
+    if not weights.exists():
+        raise MRHNetError(f"{path}: no {WEIGHTS} in the model folder")
+    head = weights.read_bytes()[:4]
+    if head[:1] == b"\x80" or head[:2] == b"PK":
+        raise MRHNetError(f"{weights}: is a pickle / torch.save archive, which is never loaded (unsafe); "
+                          f"convert the weights to safetensors")
+    meta = json.loads((path / META).read_text())
+    expected = meta.get("weights_sha256")
+    if expected and expected != _sha256(weights):
+        raise MRHNetError(f"{weights}: SHA-256 does not match model.json: the file was modified or damaged")
+    try:
+        state = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise MRHNetError(f"{weights}: not a valid safetensors file ({exc})") from None
+    net = MRHNet(info.protocol.n_channels, info.depth, info.width)
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise MRHNetError(f"{weights}: weights do not fit an MRH-Net of depth {info.depth} with "
+                          f"{info.protocol.n_channels} inputs ({first})") from None
+    net.eval().to(device)
+    return LoadedModel(net, info, path)
