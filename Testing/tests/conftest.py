@@ -1,0 +1,20 @@
+"""Shared test fixtures. Tests run on CPU with small volumes; nothing here needs a GPU."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARED_DATA = ROOT.parent / "shared" / "data" / "mrhnet-seed"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The original tool's real data (read-only, present on developer machines and CI)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("shared MRH-Net seed data not present")
+    return SHARED_DATA
