@@ -1,0 +1,505 @@
+"""MRHNet in the browser: a trame-slicer web app with real Slicer slice views (``mrhnet app``).
+
+The page has a panel like the Slicer module's (subject, models, device, Run / Cancel with progress, the
+protocol check's errors, overlay choice and opacity, evaluation, save) next to axial, coronal and
+sagittal slice views of a real MRML scene (T2w background, virtual stain as coloured overlay) and an
+optional 3D view. Scene and display code is shared with the Slicer module (:mod:`MRHNetLib.scene`).
+
+Security: the app has no login. It serves 127.0.0.1 unless told otherwise, and it reads and writes files
+only inside the data folder it was started with: every path that comes from the page goes through
+:func:`resolve_in`, which refuses absolute paths, ``..`` and symlinks that leave the folder.
+
+Long work (loading a subject, simulating the brain, inference) runs in a background thread
+(:mod:`MRHNetLib.jobs`); an asyncio task on the server loop reads its progress and updates the page, so
+the page never freezes. The scene is only touched from the server loop.
+"""
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import MRHNetError
+
+SIMULATED = "@simulated"  # subject choice value of the built-in simulated brain
+SIMULATED_TITLE = "Simulated brain (built in)"
+SHIPPED_PREFIX = "shipped:"
+DATA_PREFIX = "data:"
+OUTPUT_PATTERN = "mrh_{target}.nii.gz"  # saved map file names inside the subject folder
+SIM_FOLDER = "simulated_brain"  # where the simulated brain's maps are saved, under the data folder
+MAX_DEPTH = 3  # how deep subject / model folders are searched under the data folder
+POLL_S = 0.2
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+# --- files: everything the page asks for stays inside the data folder ----------------------------------
+def resolve_in(root: str | os.PathLike, relative: str | os.PathLike) -> Path:
+    """The real path of ``relative`` inside the data folder ``root``; :class:`MRHNetError` for anything that
+    would leave it (absolute paths, ``..`` components, symlinks pointing outside)."""
+    base = Path(root).resolve()
+    text = str(relative).strip()
+    rel = Path(text)
+    if text.startswith(("/", "\\", "~")) or rel.is_absolute() or rel.drive:
+        raise MRHNetError(f"{text}: refused, only paths inside the data folder are allowed")
+    if any(part == ".." for part in rel.parts):
+        raise MRHNetError(f"{text}: refused, '..' is not allowed (only paths inside the data folder)")
+    path = (base / rel).resolve()
+    if path != base and base not in path.parents:
+        raise MRHNetError(f"{text}: refused, it leads outside the data folder")
+    return path
+
+
+def _relative(root: Path, path: Path) -> str:
+    rel = path.relative_to(root).as_posix()
+    return rel or "."
+
+
+def _walk(root: Path, depth: int = MAX_DEPTH):
+    """Folders under ``root`` (root included), not following links that leave it, skipping hidden ones."""
+    base = root.resolve()
+    todo = [(base, 0)]
+    while todo:
+        folder, level = todo.pop()
+        yield folder
+        if level >= depth:
+            continue
+        try:
+            children = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        except OSError:
+            continue
+        for child in reversed(children):
+            real = child.resolve()
+            if real == base or base not in real.parents or child.name.endswith(".mrhnet"):
+                continue
+            todo.append((real, level + 1))
+
+
+def list_subjects(root: str | os.PathLike) -> list[str]:
+    """Subject folders (holding a T2w image) under the data folder, as paths relative to it ('.' for itself)."""
+    from .subject import IMAGE_SUFFIXES
+
+    base = Path(root).resolve()
+    return [_relative(base, f) for f in _walk(base)
+            if any((f / f"t2w{s}").is_file() for s in IMAGE_SUFFIXES)]
+
+
+def list_model_folders(root: str | os.PathLike) -> list[str]:
+    """User model folders (``*.mrhnet``) under the data folder, relative to it."""
+    from .modelfile import SUFFIX
+
+    base = Path(root).resolve()
+    found = []
+    for folder in _walk(base):
+        for p in sorted(folder.glob(f"*{SUFFIX}")):
+            real = p.resolve()
+            if p.is_dir() and base in real.parents:
+                found.append(_relative(base, real))
+    return found
+
+
+def save_maps(folder: str | os.PathLike, maps: dict[str, Any], inputs: set[Path] = frozenset()) -> list[Path]:
+    """Write each map to ``folder/mrh_<target>.nii.gz`` atomically; refuse to replace any input file.
+
+    Every file is checked before the first is written, so a refusal writes nothing."""
+    from .io import write_volume
+
+    folder = Path(folder)
+    protected = {Path(p).resolve() for p in inputs}
+    paths = {t: folder / OUTPUT_PATTERN.format(target=t) for t in maps}
+    for path in paths.values():
+        if path.resolve() in protected:
+            raise MRHNetError(f"{path}: is an input of this subject; not overwritten")
+    folder.mkdir(parents=True, exist_ok=True)
+    for target, path in paths.items():
+        write_volume(path, maps[target])
+    return list(paths.values())
+
+
+def subject_files(folder: Path) -> set[Path]:
+    """The image / gradient files a subject folder provides (never overwritten by a save)."""
+    from .subject import IMAGE_SUFFIXES, SCALAR_ROLES
+    from .protocol import DWI_ROLES
+
+    names = {f"{r}{s}" for r in SCALAR_ROLES + DWI_ROLES for s in IMAGE_SUFFIXES}
+    names |= {f"{r}.{k}" for r in DWI_ROLES for k in ("bval", "bvec")}
+    return {p.resolve() for p in folder.iterdir() if p.name in names}
+
+
+def available_devices() -> list[str]:
+    import torch
+
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def figure_data_url(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+# --- the app ---------------------------------------------------------------------------------------------
+class WebApp:
+    """One trame server with a Slicer scene, the MRHNet panel and the slice views, serving ``data_dir``."""
+
+    def __init__(self, data_dir: str | os.PathLike, subject: str | None = None, server=None,
+                 simulated_size: str = "small"):
+        os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+        from trame.app import get_server
+        from trame_slicer import module as trame_slicer_module
+        from trame_slicer.core import LayoutManager, SlicerApp
+        from trame_slicer.rca_view import register_rca_factories
+        from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
+
+        self.root = Path(data_dir).resolve()
+        if not self.root.is_dir():
+            raise MRHNetError(f"{data_dir}: data folder does not exist")
+        self.simulated_size = simulated_size
+        self.server = server or get_server(None, client_type="vue3")
+        self.server.enable_module(trame_slicer_module)
+        self.state, self.ctrl = self.server.state, self.server.controller
+        self.slicer = SlicerApp()
+        register_rca_factories(self.slicer.view_manager, self.server, rca_encoder="png")
+        self.layouts = LayoutManager(self.slicer.scene, self.slicer.view_manager, self.server)
+        slices = [ViewLayoutDefinition.axial_view(), ViewLayoutDefinition.coronal_view(),
+                  ViewLayoutDefinition.sagittal_view()]
+        self.layouts.register_layout("slices", Layout(LayoutDirection.Horizontal, slices))
+        self.layouts.register_layout("slices+3d", Layout(LayoutDirection.Vertical, [
+            Layout(LayoutDirection.Horizontal, slices),
+            Layout(LayoutDirection.Horizontal, [ViewLayoutDefinition.threed_view()])]), lazy_initialization=True)
+        self.layouts.set_layout("slices")
+
+        self._subject = None  # the loaded Subject
+        self._subject_folder: Path | None = None
+        self._background = None  # T2w volume node
+        self._outputs: dict[str, Any] = {}  # target -> output volume node
+        self._maps: dict[str, Any] = {}  # target -> Volume (for saving)
+        self._job = None
+        self._load_token = 0
+
+        self._init_state(subject)
+        self._build_ui()
+        self.ctrl.on_client_connected.add(self.render_views)
+        # trame calls every state.change callback once when the server starts: that loads the subject
+
+    # --- state ------------------------------------------------------------------------------------------
+    def _init_state(self, subject: str | None) -> None:
+        s = self.state
+        s.trame__title = "MRHNet"
+        subjects = list_subjects(self.root)
+        s.subjects = [{"title": SIMULATED_TITLE, "value": SIMULATED}] + [
+            {"title": name if name != "." else f"{self.root.name} (data folder)", "value": name} for name in subjects]
+        if subject is not None:
+            resolve_in(self.root, subject)
+        s.subject = subject if subject is not None else (subjects[0] if subjects else SIMULATED)
+        s.models, s.selected_models = self._model_items()
+        s.devices = available_devices()
+        s.device = s.devices[-1]
+        s.check_errors, s.error, s.status = [], "", "starting"
+        s.running = s.loading = False
+        s.progress = 0.0
+        s.overlays, s.overlay, s.opacity, s.show_3d = [], None, 0.6, False
+        s.eval_rows, s.eval_figure, s.saved = [], "", ""
+        s.change("subject")(lambda subject, **_: self._on_subject(subject))
+        s.change("selected_models")(lambda **_: self._check_models())
+        s.change("overlay", "opacity")(lambda **_: self._show_overlay())
+        s.change("show_3d")(lambda show_3d, **_: self._set_3d(bool(show_3d)))
+
+    def _model_items(self) -> tuple[list[dict], list[str]]:
+        from .catalog import list_models
+
+        items, default = [], []
+        for e in list_models():
+            value = SHIPPED_PREFIX + e.name
+            items.append({"title": f"{e.name} ({e.target.upper()}, {e.kind})", "value": value})
+            if e.kind == "demo":
+                default.append(value)
+        for rel in list_model_folders(self.root):
+            items.append({"title": f"{rel} (data folder)", "value": DATA_PREFIX + rel})
+        if not default and items:
+            default = [i["value"] for i in items if i["value"].startswith(DATA_PREFIX)][:3]
+        return items, default
+
+    def model_path(self, value: str) -> Path:
+        """Path of a model choice; data-folder models are resolved inside the data folder only."""
+        from .catalog import resolve
+
+        if value.startswith(SHIPPED_PREFIX):
+            return resolve(value[len(SHIPPED_PREFIX):])
+        if value.startswith(DATA_PREFIX):
+            path = resolve_in(self.root, value[len(DATA_PREFIX):])
+            if not path.is_dir():
+                raise MRHNetError(f"{value[len(DATA_PREFIX):]}: no such model folder in the data folder")
+            return path
+        raise MRHNetError(f"{value}: unknown model choice")
+
+    # --- page -------------------------------------------------------------------------------------------
+    def _build_ui(self) -> None:
+        from trame.ui.vuetify3 import SinglePageWithDrawerLayout
+        from trame.widgets import html
+        from trame.widgets import vuetify3 as v3
+
+        with SinglePageWithDrawerLayout(self.server, theme="dark") as layout:
+            layout.title.set_text("MRHNet: virtual histology from MRI")
+            layout.drawer.width = 380
+            with layout.toolbar:
+                v3.VSpacer()
+                html.Div("data folder: " + str(self.root), classes="text-caption mr-4", id="data-folder")
+            with layout.drawer, html.Div(classes="pa-3 d-flex flex-column ga-2", id="panel"):
+                v3.VSelect(label="Subject", items=("subjects",), v_model=("subject",), density="compact",
+                           hide_details=True, disabled=("running || loading",), id="subject-select")
+                v3.VSelect(label="Models", items=("models",), v_model=("selected_models",), multiple=True,
+                           chips=True, density="compact", hide_details=True, disabled=("running",),
+                           id="model-select")
+                v3.VSelect(label="Device", items=("devices",), v_model=("device",), density="compact",
+                           hide_details=True, disabled=("running",), id="device-select")
+                with html.Div(id="check-errors"):
+                    v3.VAlert("{{ e }}", v_for="(e, i) in check_errors", key="i", type="warning",
+                              density="compact", classes="my-1 text-caption")
+                with html.Div(classes="d-flex ga-2"):
+                    v3.VBtn("Run", click=self.run, color="primary", id="run-button",
+                            disabled=("running || loading || !selected_models.length || check_errors.length",))
+                    v3.VBtn("Cancel", click=self.cancel, id="cancel-button", disabled=("!running && !loading",))
+                v3.VProgressLinear(model_value=("100 * progress",), height=8, color="primary", id="progress")
+                html.Div("{{ status }}", classes="text-caption", id="status")
+                v3.VAlert("{{ error }}", v_if="error", type="error", density="compact", classes="text-caption",
+                          id="error")
+                v3.VDivider()
+                v3.VSelect(label="Overlay", items=("overlays",), v_model=("overlay",), density="compact",
+                           hide_details=True, id="overlay-select")
+                v3.VSlider(label="Opacity", v_model=("opacity",), min=0, max=1, step=0.05, hide_details=True,
+                           density="compact", id="opacity-slider")
+                v3.VSwitch(label="3D view", v_model=("show_3d",), density="compact", hide_details=True,
+                           id="show-3d")
+                v3.VBtn("Save maps to the subject folder", click=self.save, id="save-button",
+                        disabled=("running || !overlays.length",), variant="tonal")
+                html.Div("{{ saved }}", classes="text-caption", id="saved")
+                with html.Div(v_if="eval_rows.length", id="evaluation"):
+                    html.Div("Evaluation against the subject's histology", classes="text-subtitle-2 mt-2")
+                    with v3.VTable(density="compact", classes="text-caption"):
+                        with html.Tbody():
+                            with html.Tr(v_for="(row, i) in eval_rows", key="i"):
+                                html.Td("{{ cell }}", v_for="(cell, j) in row", key="j")
+                    html.Img(v_if="eval_figure", src=("eval_figure",), style="width: 100%", id="eval-figure")
+            with layout.content:
+                with html.Div(style="height: calc(100vh - 64px); display: flex;", id="views"):
+                    self.layouts.initialize_layout_grid(layout)
+        self.ui = layout
+
+    # --- background work --------------------------------------------------------------------------------
+    def _start(self, label: str, work: Callable, on_done: Callable[[Any], None]) -> None:
+        """Run ``work(progress)`` in the background; ``on_done(result)`` runs later on the server loop."""
+        from trame_server.utils.asynchronous import create_task
+
+        from .jobs import start_job
+
+        self.state.error, self.state.progress, self.state.status = "", 0.0, label
+        self._job = start_job(work)
+        create_task(self._watch(self._job, on_done))
+
+    async def _watch(self, job, on_done: Callable[[Any], None]) -> None:
+        import asyncio
+
+        from .errors import Cancelled
+
+        while not job.done:
+            with self.state:
+                fraction, message = job.progress
+                self.state.progress = fraction
+                if message:
+                    self.state.status = message
+            await asyncio.sleep(POLL_S)
+        with self.state:
+            if self._job is job:
+                self._job = None
+            self.state.running = self.state.loading = False
+            try:
+                result = job.result()
+            except Cancelled:
+                self.state.status, self.state.progress = "cancelled", 0.0
+                return
+            except MRHNetError as exc:
+                self.state.status, self.state.error = "failed", str(exc)
+                return
+            except Exception as exc:  # an engine bug: show it instead of losing it
+                self.state.status, self.state.error = "failed", f"{type(exc).__name__}: {exc}"
+                return
+            self.state.progress = 1.0
+            try:
+                on_done(result)
+            except MRHNetError as exc:
+                self.state.status, self.state.error = "failed", str(exc)
+
+    def cancel(self) -> None:
+        if self._job is not None:
+            self._job.cancel()
+            self.state.status = "cancelling..."
+
+    # --- subject ----------------------------------------------------------------------------------------
+    def _on_subject(self, choice: str) -> None:
+        """Load the chosen subject (or simulate the brain) in the background, then show it."""
+        if self.state.running:
+            return
+        try:
+            folder = None if choice == SIMULATED else resolve_in(self.root, choice)
+            if folder is not None and not folder.is_dir():
+                raise MRHNetError(f"{choice}: no such subject folder in the data folder")
+        except MRHNetError as exc:
+            self.state.error, self.state.status = str(exc), "refused"
+            return
+        if self._job is not None:
+            self._job.cancel()
+        self.state.loading = True
+        size = self.simulated_size
+
+        def work(progress):
+            if folder is None:
+                from .phantom import simulate_subject
+
+                return simulate_subject(seed=0, size=size, progress=progress)
+            from .subject import load_subject
+
+            return load_subject(folder)
+
+        def done(subject) -> None:
+            self._set_subject(subject, folder)
+
+        self._start(f"loading {'the simulated brain' if folder is None else choice}...", work, done)
+
+    def _set_subject(self, subject, folder: Path | None) -> None:
+        from . import scene
+
+        self._subject, self._subject_folder = subject, folder
+        self._clear_outputs()
+        self._background = scene.show_subject(self.slicer.scene, subject)
+        self.slicer.display_manager.show_volume_in_slice_background(self._background)
+        self.slicer.display_manager.show_volume_in_slice_foreground(None)
+        self.slicer.display_manager.reset_views()
+        self.state.status = f"{subject.name}: loaded"
+        self._check_models()
+        self.render_views()
+
+    def _check_models(self) -> None:
+        """The protocol check of every chosen model against the subject, shown before running."""
+        from .infer import check_subject
+
+        errors = []
+        if self._subject is not None:
+            for value in self.state.selected_models or []:
+                try:
+                    from .modelfile import load_model
+
+                    problem = check_subject(self._subject, load_model(self.model_path(value)))
+                except MRHNetError as exc:
+                    problem = str(exc)
+                if problem:
+                    errors.append(problem if isinstance(problem, str) else "; ".join(problem))
+        self.state.check_errors = errors
+
+    # --- run --------------------------------------------------------------------------------------------
+    def run(self) -> None:
+        """Run the chosen models on the subject in the background; outputs replace the previous ones."""
+        if self._subject is None or self.state.running or self.state.loading:
+            return
+        try:
+            from .modelfile import load_model
+
+            models = [load_model(self.model_path(v)) for v in self.state.selected_models]
+        except MRHNetError as exc:
+            self.state.error = str(exc)
+            return
+        if not models:
+            self.state.error = "choose at least one model"
+            return
+        subject, device = self._subject, self.state.device
+        self.state.running, self.state.saved = True, ""
+
+        def work(progress):
+            from .infer import predict
+
+            return predict(subject, models, device=device, progress=progress)
+
+        self._start(f"running {len(models)} model(s) on {subject.name}...", work, self._show_outputs)
+
+    def _show_outputs(self, maps: dict) -> None:
+        from . import scene
+
+        self._maps = dict(maps)
+        self._outputs = scene.set_outputs(self.slicer.scene, self._subject.name, maps)
+        targets = list(self._outputs)
+        self.state.overlays = [{"title": t.upper(), "value": t} for t in targets]
+        if self.state.overlay not in targets:
+            self.state.overlay = targets[0] if targets else None
+        self._show_overlay()
+        self._evaluate()
+        self.state.status = f"done: {', '.join(t.upper() for t in targets)}"
+
+    def _clear_outputs(self) -> None:
+        from . import scene
+
+        for node in self._outputs.values():
+            scene.remove_node(self.slicer.scene, node)
+        self._outputs, self._maps = {}, {}
+        self.state.overlays, self.state.overlay = [], None
+        self.state.eval_rows, self.state.eval_figure, self.state.saved = [], "", ""
+
+    def _show_overlay(self) -> None:
+        node = self._outputs.get(self.state.overlay)
+        self.slicer.display_manager.show_volume_in_slice_foreground(node)
+        for view in self.slicer.view_manager.get_slice_views():
+            view.set_foreground_opacity(float(self.state.opacity))
+        self.render_views()
+
+    def _evaluate(self) -> None:
+        from .evaluate import evaluation_report
+
+        truth = [t for t in self._maps if t in self._subject.images]
+        if not truth:
+            self.state.eval_rows, self.state.eval_figure = [], ""
+            return
+        rows, png = evaluation_report(self._subject, {t: self._maps[t] for t in truth})
+        self.state.eval_rows = rows
+        self.state.eval_figure = figure_data_url(png) if png else ""
+
+    # --- save -------------------------------------------------------------------------------------------
+    def save(self) -> None:
+        """Write the maps into the subject folder (the simulated brain's into ``simulated_brain/``)."""
+        if not self._maps:
+            return
+        try:
+            if self._subject_folder is None:
+                folder, inputs = resolve_in(self.root, SIM_FOLDER), set()
+            else:
+                folder = resolve_in(self.root, _relative(self.root, self._subject_folder))
+                inputs = subject_files(folder)
+            paths = save_maps(folder, self._maps, inputs)
+        except (MRHNetError, OSError) as exc:
+            self.state.error = str(exc)
+            return
+        self.state.saved = "saved " + ", ".join(_relative(self.root, p) for p in paths)
+
+    # --- views ------------------------------------------------------------------------------------------
+    def _set_3d(self, show: bool) -> None:
+        self.layouts.set_layout("slices+3d" if show else "slices")
+        for view in self.slicer.view_manager.get_slice_views():
+            view.set_visible_in_3d(show)
+        if show:
+            for view in self.slicer.view_manager.get_threed_views():
+                view.reset_view()
+        self.render_views()
+
+    def render_views(self, **_) -> None:
+        """Render every view (views rendered before a browser connects come up black otherwise)."""
+        for view in self.slicer.view_manager.get_views():
+            view.render()
+
+    def start(self, host: str = "127.0.0.1", port: int = 8080, **kwargs) -> None:
+        import sys
+
+        sys.argv[1:] = []  # trame parses the command line itself; ours was parsed already
+        self.server.start(host=host, port=port, open_browser=False, timeout=0, show_connection_info=False,
+                          **kwargs)
+
+
+def serve(data_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8080, subject: str | None = None,
+          simulated_size: str = "small") -> None:
+    """Start the web app on ``host:port`` serving ``data_dir`` (blocks until stopped)."""
+    WebApp(data_dir, subject=subject, simulated_size=simulated_size).start(host=host, port=port)
