@@ -140,6 +140,8 @@ def read_volume(path: str | os.PathLike, allow_4d: bool = True) -> Volume:
     suffix = suffix_of(path)
     if suffix in NRRD_SUFFIXES:
         image, data = _read_sitk(path)
+        if image.GetDimension() < 3:
+            raise MRHNetError(f"{path}: is a {image.GetDimension()}D image of shape {data.shape}; a 3D volume is needed")
         affine = _sitk_to_affine(image)
     elif suffix in NIFTI_SUFFIXES + ANALYZE_SUFFIXES:
         import nibabel as nib
@@ -159,7 +161,8 @@ def read_volume(path: str | os.PathLike, allow_4d: bool = True) -> Volume:
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim < 3 or min(data.shape[:3]) < 1 or (data.ndim == 3 and sorted(data.shape)[0] == 1):
-        raise MRHNetError(f"{path}: is a {data.ndim}D image of shape {data.shape}; a 3D volume is needed")
+        kind = f"a {data.ndim}D image" if data.ndim < 3 else "a single slice (2D)"
+        raise MRHNetError(f"{path}: is {kind} of shape {data.shape}; a 3D volume is needed")
     if data.ndim == 4 and not allow_4d:
         raise MRHNetError(f"{path}: is 4D {data.shape}; a single 3D volume is needed here")
     if data.size == 0:
@@ -348,7 +351,9 @@ def read_nrrd_gradients(path: str | os.PathLike) -> Gradients:
     frame = np.asarray(header.get("measurement frame", np.eye(3)), dtype=float)
     space = str(header.get("space", "left-posterior-superior"))
     norms2 = (g ** 2).sum(axis=1)
-    world = g @ frame.T  # measurement frame -> space coordinates
+    # NRRD's measurement-frame vectors are the columns of the frame -> space matrix M (teem, Slicer);
+    # pynrrd returns them as rows, so M = frame.T and, for row vectors, world = g @ M.T = g @ frame
+    world = g @ frame
     if space.startswith("left-posterior") or space == "LPS":
         world = world @ LPS_TO_RAS.T
     return Gradients(bmax * norms2, world)
