@@ -1,0 +1,36 @@
+"""``mrhnet import-matlab``: convert an original MRH-Net MATLAB network (.mat) into a model folder."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("import-matlab", help="convert an original MRH-Net MATLAB network (.mat DAGNetwork) "
+                                             "into a safe .mrhnet model folder",
+                       description="Read an MRH-Net DAGNetwork saved by MATLAB (the original authors' networks, "
+                                   "any depth), check that it is an MRH-Net, convert its weights and write a "
+                                   ".mrhnet model folder recording its provenance and the original protocol.")
+    p.add_argument("mat", metavar="NET.mat", help="MATLAB .mat file holding the DAGNetwork")
+    p.add_argument("--out", required=True, metavar="MODEL.mrhnet", help="model folder to write")
+    p.add_argument("--mt-order", default="t2w,mt_off,mt_on", metavar="ORDER",
+                   help="order of the last three input channels: t2w,mt_off,mt_on (default; the original README's "
+                        "'T2-weighted, non-MT-weighted, MT-weighted') or t2w,mt_on,mt_off (the file name's T2/MTON/OFF)")
+    p.add_argument("--method-files", nargs="+", metavar="DIR_OR_FILE",
+                   help="Bruker method files (or a folder of them) with the two DWI shells; default: the shipped "
+                        "copies of the original protocol's files")
+    p.add_argument("--target", default="af", help="what the network predicts (default af)")
+    p.add_argument("--description", help="description stored in the model (default: provenance and protocol)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..matlab import import_matlab
+    from ..modelfile import read_info
+
+    out = import_matlab(args.mat, args.out, mt_order=args.mt_order, method_files=args.method_files,
+                        target=args.target, description=args.description)
+    info = read_info(out)
+    print(f"wrote {out}: MRH-{info.target.upper()}, {info.depth} residual blocks, "
+          f"source {info.provenance['source_file']} (sha256 {info.provenance['source_sha256'][:12]}...)")
+    print(info.protocol.describe())
+    return 0
