@@ -1,0 +1,284 @@
+"""The web app (``mrhnet app``): path confinement to the data folder, saving, and the whole app driven by a
+real browser (the system chromium through playwright) on the simulated brain.
+
+The browser test starts ``mrhnet app`` as a subprocess on a free loopback port, runs the simulated brain
+through the models, and analyses screenshot pixels of the real Slicer slice views: greyscale before a run
+and after a cancelled run, coloured overlay inside the brain and greyscale outside it after a run."""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from MRHNetLib.errors import MRHNetError
+from MRHNetLib.webapp import (OUTPUT_PATTERN, SIM_FOLDER, list_model_folders, list_subjects, resolve_in,
+                              save_maps, subject_files)
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+GREY_CHROMA = 30  # max(R,G,B) - min(R,G,B) at or below this: a grey pixel
+COLOUR_CHROMA = 60  # at or above this: a coloured (overlay) pixel
+
+
+# --- paths: no browser needed -----------------------------------------------------------------------
+def _data_folder(tmp_path: Path) -> tuple[Path, Path]:
+    """A data folder with two subjects and a model folder, and a folder outside it with a subject."""
+    data, outside = tmp_path / "data", tmp_path / "outside"
+    for folder in (data / "mouse1", data / "group" / "mouse2", outside / "secret"):
+        folder.mkdir(parents=True)
+        (folder / "t2w.nii.gz").write_bytes(b"not read by listing")
+    (data / "models" / "mine.mrhnet").mkdir(parents=True)
+    (outside / "theirs.mrhnet").mkdir()
+    return data, outside
+
+
+def test_resolve_in_refuses_paths_outside_the_data_folder(tmp_path):
+    data, outside = _data_folder(tmp_path)
+    (data / "escape").symlink_to(outside, target_is_directory=True)
+    (data / "inner").symlink_to(data / "mouse1", target_is_directory=True)
+    assert resolve_in(data, "mouse1") == (data / "mouse1").resolve()
+    assert resolve_in(data, "group/mouse2") == (data / "group" / "mouse2").resolve()
+    assert resolve_in(data, ".") == data.resolve()
+    assert resolve_in(data, "inner") == (data / "mouse1").resolve()  # a link that stays inside is fine
+    for bad in ("../outside", "mouse1/../../outside", str(outside), "/etc/passwd", "~/x", "escape",
+                "escape/secret"):
+        with pytest.raises(MRHNetError, match="refused"):
+            resolve_in(data, bad)
+
+
+def test_listing_stays_inside_the_data_folder(tmp_path):
+    data, outside = _data_folder(tmp_path)
+    (data / "escape").symlink_to(outside, target_is_directory=True)
+    (data / "models" / "link.mrhnet").symlink_to(outside / "theirs.mrhnet", target_is_directory=True)
+    assert list_subjects(data) == ["group/mouse2", "mouse1"]
+    assert list_model_folders(data) == ["models/mine.mrhnet"]
+
+
+def test_save_maps_is_atomic_and_never_overwrites_an_input(tmp_path):
+    from MRHNetLib.io import Volume, read_volume
+
+    folder = tmp_path / "mouse"
+    folder.mkdir()
+    vol = Volume(np.random.default_rng(0).random((4, 5, 6)).astype(np.float32), np.diag([0.1, 0.1, 0.1, 1.0]))
+    (folder / "t2w.nii.gz").write_bytes(b"input")
+    paths = save_maps(folder, {"af": vol, "nf": vol}, subject_files(folder))
+    assert [p.name for p in paths] == [OUTPUT_PATTERN.format(target=t) for t in ("af", "nf")]
+    np.testing.assert_allclose(read_volume(paths[0]).data, vol.data, rtol=1e-6)
+    assert not [p for p in folder.iterdir() if p.name.startswith(".") or p.name.endswith(".tmp")]
+    # a file that is an input of the subject is never replaced, and then nothing at all is written
+    (folder / OUTPUT_PATTERN.format(target="mbp")).write_bytes(b"an input")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    inputs = {folder / OUTPUT_PATTERN.format(target="mbp")}
+    with pytest.raises(MRHNetError, match="input"):
+        save_maps(folder, {"af": vol, "mbp": vol}, inputs)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+# --- the app in a real browser ----------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _make_models(data: Path) -> tuple[list[str], str]:
+    """Model choices for the run (shipped demo models when present, else small random ones in the data
+    folder) and a deliberately slow model in the data folder for the cancel check."""
+    from MRHNetLib.catalog import list_models
+    from MRHNetLib.model import MRHNet
+    from MRHNetLib.modelfile import ModelInfo, save_model
+    from MRHNetLib.protocol import default_protocol
+
+    protocol = default_protocol()
+    torch_seed = 0
+    import torch
+
+    torch.manual_seed(torch_seed)
+    demo = [e for e in list_models() if e.kind == "demo"]
+    if demo:
+        run = ["shipped:" + e.name for e in demo]
+    else:
+        run = []
+        for target in ("af", "nf", "mbp"):
+            save_model(data / "models" / f"{target}.mrhnet", MRHNet(protocol.n_channels, 3, width=16),
+                       ModelInfo(protocol, 3, target, width=16, description="random test model"))
+            run.append(f"data:models/{target}.mrhnet")
+    save_model(data / "models" / "slow.mrhnet", MRHNet(protocol.n_channels, 24, width=64),
+               ModelInfo(protocol, 24, "af", description="slow random model for the cancel check"))
+    return run, "data:models/slow.mrhnet"
+
+
+class AppProcess:
+    """``mrhnet app DATA --port N`` as a subprocess, its output collected for failure messages."""
+
+    def __init__(self, data: Path, port: int):
+        env = dict(os.environ, VTK_DEFAULT_OPENGL_WINDOW="vtkEGLRenderWindow", PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen([sys.executable, "-m", "MRHNetLib", "app", str(data), "--port", str(port)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        self.lines: list[str] = []
+        self.url: str | None = None
+        self._ready = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            if "MRHNet app serving" in line:
+                self.url = line.rsplit(" at ", 1)[1].strip()
+                self._ready.set()
+        self._ready.set()
+
+    def wait_ready(self, timeout: float = 60) -> str:
+        self._ready.wait(timeout)
+        assert self.url, "app did not start:\n" + self.log()
+        return self.url
+
+    def log(self) -> str:
+        return "".join(l for l in self.lines if "WindowResizeEvent" not in l and "ConfigureEvent" not in l)[-4000:]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def _rgb(png: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int16)
+
+
+def _chroma(rgb: np.ndarray) -> np.ndarray:
+    return rgb.max(axis=2) - rgb.min(axis=2)
+
+
+def _view_shots(page) -> list[np.ndarray]:
+    """Screenshots of the three slice views (the images streamed from the server)."""
+    views = page.locator("#views img")
+    assert views.count() >= 3, "slice views are missing"
+    return [_rgb(views.nth(i).screenshot()) for i in range(3)]
+
+
+def _state(page, key: str):
+    return page.evaluate(f"window.trame.state.get({key!r})")
+
+
+def _wait_status(page, text: str, timeout_s: float, app: AppProcess) -> str:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        status, error = page.inner_text("#status"), _state(page, "error")
+        if text in status:
+            return status
+        assert not error, f"app error: {error}\n{app.log()}"
+        time.sleep(0.2)
+    raise AssertionError(f"status {text!r} not reached, last {page.inner_text('#status')!r}\n{app.log()}")
+
+
+def test_webapp_in_a_real_browser(tmp_path):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} not installed (apt-get install -y chromium)")
+    from playwright.sync_api import sync_playwright
+    from scipy.ndimage import binary_dilation
+
+    data = tmp_path / "data"
+    data.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "t2w.nii.gz").write_bytes(b"private")
+    run_models, slow_model = _make_models(data)
+    files_before = sorted(p.relative_to(data) for p in data.rglob("*"))
+
+    app = AppProcess(data, _free_port())
+    try:
+        url = app.wait_ready()
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
+            page = browser.new_page(viewport={"width": 1400, "height": 760})
+            page.goto(url)
+            page.wait_for_selector("#status", timeout=30_000)
+            _wait_status(page, "loaded", 60, app)
+            page.wait_for_selector("#views img", timeout=30_000)
+            time.sleep(1.0)
+            before = _view_shots(page)
+            # the T2w alone: greyscale everywhere, and a visible brain in every view
+            brains = []
+            for shot in before:
+                assert (_chroma(shot) <= GREY_CHROMA).mean() > 0.99
+                brain = shot.max(axis=2) > 8  # not black: the T2w of the brain
+                assert brain.mean() > 0.05, "brain not visible in a slice view"
+                brains.append(binary_dilation(brain, iterations=4))
+
+            # Cancel stops a run and leaves no outputs (in the scene, on the page, on disk)
+            page.evaluate(f"window.trame.state.set('selected_models', [{slow_model!r}])")
+            page.wait_for_function("!document.querySelector('#run-button').disabled", timeout=20_000)
+            assert not _state(page, "check_errors"), _state(page, "check_errors")
+            page.click("#run-button")
+            page.wait_for_function("window.trame.state.get('running') && window.trame.state.get('progress') > 0",
+                                   timeout=30_000)
+            t0 = time.time()
+            page.click("#cancel-button")
+            _wait_status(page, "cancelled", 10, app)
+            cancel_s = time.time() - t0
+            assert not _state(page, "overlays") and not _state(page, "running")
+            time.sleep(0.5)
+            for shot in _view_shots(page):
+                assert (_chroma(shot) <= GREY_CHROMA).mean() > 0.99
+            assert sorted(p.relative_to(data) for p in data.rglob("*")) == files_before
+
+            # a run: coloured overlay where the brain is, greyscale elsewhere
+            page.evaluate(f"window.trame.state.set('selected_models', {run_models!r})")
+            page.wait_for_function("!document.querySelector('#run-button').disabled", timeout=20_000)
+            t0 = time.time()
+            page.click("#run-button")
+            _wait_status(page, "done", 60, app)
+            run_s = time.time() - t0
+            assert len(_state(page, "overlays")) == len(run_models)
+            deadline, shots = time.time() + 15, before
+            while time.time() < deadline:
+                shots = _view_shots(page)
+                if all((_chroma(s) >= COLOUR_CHROMA).mean() > 0.02 for s in shots):
+                    break
+                time.sleep(0.3)
+            for shot, brain in zip(shots, brains):
+                coloured = _chroma(shot) >= COLOUR_CHROMA
+                assert coloured[brain].mean() > 0.3, "overlay missing inside the brain"
+                assert coloured[~brain].mean() < 0.01, "overlay outside the brain"
+                assert (_chroma(shot)[~brain] <= GREY_CHROMA).mean() > 0.98
+            page.screenshot(path=str(tmp_path / "webapp.png"))
+
+            # a second run replaces the outputs (same overlays, no new ones)
+            page.click("#run-button")
+            _wait_status(page, "done", 60, app)
+            assert len(_state(page, "overlays")) == len(run_models)
+
+            # save: maps written into the data folder, nothing else touched
+            page.click("#save-button")
+            page.wait_for_function("document.querySelector('#saved').innerText.includes('saved')", timeout=20_000)
+            saved = sorted(p.name for p in (data / SIM_FOLDER).iterdir())
+            targets = sorted(o["value"] for o in _state(page, "overlays"))
+            assert saved == sorted(OUTPUT_PATTERN.format(target=t) for t in targets)
+
+            # a request for a path outside the data folder is refused (and nothing is loaded from there)
+            for bad in ("../outside", str(outside)):
+                page.evaluate(f"window.trame.state.set('subject', {bad!r})")
+                page.wait_for_function("(window.trame.state.get('error') || '').includes('refused')",
+                                       timeout=10_000)
+                assert "refused" in page.inner_text("#error")
+                assert len(_state(page, "overlays")) == len(run_models)  # the loaded subject stays
+                page.evaluate("window.trame.state.set('error', '')")
+            browser.close()
+        print(f"cancel took {cancel_s:.2f} s; run of {len(run_models)} models {run_s:.1f} s")
+    finally:
+        app.stop()
