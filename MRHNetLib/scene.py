@@ -608,3 +608,91 @@ class LossPlot:
             table.AddColumn(arr)
         self.table.SetAndObserveTable(table)
         self.table.Modified()
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference on scene nodes (used by the Slicer module's Apply and console call)
+
+
+def load_models(models: Iterable[Any]) -> list[Any]:
+    """Loaded models from catalog names (``af``), model folders or already loaded models."""
+    from .catalog import resolve
+    from .modelfile import LoadedModel, load_model
+
+    loaded = [m if isinstance(m, LoadedModel) else load_model(resolve(m)) for m in models]
+    if not loaded:
+        raise MRHNetError("choose at least one model")
+    return loaded
+
+
+def model_problems(subject: Subject, models: Iterable[Any]) -> list[str]:
+    """The engine's protocol-check message for every model the subject does not fit (empty: all fit)."""
+    from .infer import check_subject
+
+    problems = []
+    for model in models:
+        try:
+            found = check_subject(subject, model)
+        except MRHNetError as exc:
+            found = str(exc)
+        if found:
+            problems.append(f"{model.name}: {found if isinstance(found, str) else '; '.join(found)}")
+    return problems
+
+
+def _predict(subject: Subject, models: list[Any], device: str = "auto", progress=None) -> dict[str, Volume]:
+    from .infer import predict
+
+    return predict(subject, models, device=device, progress=progress)
+
+
+class SceneInference:
+    """Run models on scene nodes in the background and publish the maps to the scene on success.
+
+    Built on the caller's (GUI) thread: reads the nodes, loads the models and checks the protocol, so a
+    bad selection fails at once with the engine's message. :meth:`poll` (from a GUI timer) forwards the
+    job's events and, when the job succeeded, creates or updates the output nodes; a failure or cancel
+    leaves the scene as it was. ``inputs``: roles of :func:`subject_from_nodes` (``t2w=node`` ...)."""
+
+    def __init__(self, scene, models: Iterable[Any], *, device: str = "auto", mode: str = "thread",
+                 opacity: float = DEFAULT_OPACITY, gradients: dict[str, Gradients] | None = None, **inputs: Any):
+        from .jobs import Job
+
+        self.scene, self.opacity = scene, opacity
+        self.source = source_node_of(**inputs)
+        self.subject = subject_from_nodes(gradients=gradients, **inputs)
+        self.models = load_models(models)
+        problems = model_problems(self.subject, self.models)
+        if problems:
+            raise MRHNetError(problems[0])
+        self.outputs: dict[str, Any] = {}
+        self.job = Job(_predict, self.subject, self.models, device=device, mode=mode, name="MRHNet inference")
+
+    def start(self) -> "SceneInference":
+        self.job.start()
+        return self
+
+    def cancel(self) -> None:
+        self.job.cancel()
+
+    def poll(self) -> list[Any]:
+        """Job events; on success the outputs are published before the final event is returned."""
+        events = self.job.poll()
+        if events and events[-1].kind == "done":
+            self.outputs = publish_outputs(self.scene, self.job.output, self.source, opacity=self.opacity)
+        return events
+
+    def wait(self, timeout: float | None = None, on_event=None) -> dict[str, Any]:
+        """Block until done (console use); returns the output nodes or raises the engine's error."""
+        import time
+
+        start = time.monotonic()
+        while not self.job.finished:
+            for event in self.poll():
+                if on_event is not None:
+                    on_event(event)
+            if timeout is not None and time.monotonic() - start > timeout:
+                self.cancel()
+            time.sleep(0.05)
+        self.job.result()
+        return self.outputs
