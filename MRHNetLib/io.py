@@ -211,6 +211,9 @@ def write_volume(path: str | os.PathLike, volume: Volume, dtype=np.float32) -> P
         return target
     if suffix in ANALYZE_SUFFIXES:
         img = nib.AnalyzeImage(data, volume.affine)
+        if not np.allclose(img.header.get_best_affine(), volume.affine, atol=1e-4):
+            warnings.warn(f"{path}: Analyze 7.5 keeps only the voxel size; this image's orientation and "
+                          f"origin are not stored (write .nii.gz to keep them)", stacklevel=2)
         hdr, tmp = _atomic_target(path.with_suffix(".hdr"), ".hdr")
         try:
             nib.save(img, str(tmp))
