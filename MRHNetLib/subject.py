@@ -192,7 +192,8 @@ def grid_mismatch(ref: Volume, vol: Volume) -> str | None:
     dv = vol.affine[:3, :3] / vol.spacing
     dr = ref.affine[:3, :3] / ref.spacing
     if np.abs(dv - dr).max() > DIRECTION_TOL:
-        return "direction differs from the direction"
+        angle = float(np.degrees(np.arccos(np.clip((dv * dr).sum(axis=0), -1.0, 1.0))).max())
+        return f"axis directions (up to {angle:.2f} deg apart) differ from the directions"
     if np.abs(vol.affine[:3, 3] - ref.affine[:3, 3]).max() > max(GRID_TOL_MM, 0.01 * ref.spacing.min()):
         return f"origin {np.round(vol.affine[:3, 3], 3).tolist()} differs from origin {np.round(ref.affine[:3, 3], 3).tolist()}"
     return None
