@@ -138,6 +138,19 @@ def _vector(params: Any, key: str, dtype: type = float) -> tuple:
     return tuple(dtype(x) for x in np.atleast_1d(np.asarray(v, dtype=float)).ravel())
 
 
+def _array(params: Any, key: str, where: Path) -> np.ndarray | None:
+    """A numeric array parameter; BrkRaw returns a flat list when the values do not fill the declared shape."""
+    v = params.get(key)
+    if v is None:
+        return None
+    if isinstance(v, list) or not isinstance(v, np.ndarray):
+        raise MRHNetError(f"{where}: {key} does not hold the number of values its header declares (damaged file?)")
+    try:
+        return np.asarray(v, dtype=float)
+    except (TypeError, ValueError):
+        raise MRHNetError(f"{where}: {key} is not numeric") from None
+
+
 def read_method(path: str | os.PathLike) -> MethodFile:
     """Read one ParaVision method file. Raises :class:`MRHNetError` when it is not one."""
     from brkraw.core.parameters import Parameters
@@ -172,11 +185,11 @@ def read_method(path: str | os.PathLike) -> MethodFile:
 def _read_diffusion(mf: MethodFile, params: Any) -> None:
     """Fill b-values, b0 count and unit directions of a diffusion method file (in place)."""
     where = mf.path
-    bvals = np.atleast_1d(np.asarray(params.get("PVM_DwEffBval"), dtype=float)).ravel()
+    bvals = np.atleast_1d(_array(params, "PVM_DwEffBval", where)).ravel()
     n = len(bvals)
     n_b0 = _scalar(params, "PVM_DwAoImages", int) or 0
-    gradvec = params.get("PVM_DwGradVec")
-    dwdir = params.get("PVM_DwDir")
+    gradvec = _array(params, "PVM_DwGradVec", where)
+    dwdir = _array(params, "PVM_DwDir", where)
     dirs = np.zeros((n, 3))
     if gradvec is not None:
         g = np.asarray(gradvec, dtype=float).reshape(-1, 3)
