@@ -24,6 +24,7 @@ from .errors import MRHNetError
 
 SIMULATED = "@simulated"  # subject choice value of the built-in simulated brain
 SIMULATED_TITLE = "Simulated brain (built in)"
+SIMULATED_BRAIN = "C1"  # which anatomy the simulated brain follows (see MRHNetLib.phantom)
 SHIPPED_PREFIX = "shipped:"
 DATA_PREFIX = "data:"
 OUTPUT_PATTERN = "mrh_{target}.nii.gz"  # saved map file names inside the subject folder
@@ -182,6 +183,8 @@ class WebApp:
 
     # --- state ------------------------------------------------------------------------------------------
     def _init_state(self, subject: str | None) -> None:
+        from .scene import DEFAULT_OPACITY
+
         s = self.state
         s.trame__title = "MRHNet"
         subjects = list_subjects(self.root)
@@ -196,7 +199,7 @@ class WebApp:
         s.check_errors, s.error, s.status = [], "", "starting"
         s.running = s.loading = False
         s.progress = 0.0
-        s.overlays, s.overlay, s.opacity, s.show_3d = [], None, 0.6, False
+        s.overlays, s.overlay, s.opacity, s.show_3d = [], None, DEFAULT_OPACITY, False
         s.eval_rows, s.eval_figure, s.saved = [], "", ""
         s.change("subject")(lambda subject, **_: self._on_subject(subject))
         s.change("selected_models")(lambda **_: self._check_models())
@@ -280,7 +283,7 @@ class WebApp:
                                 html.Td("{{ cell }}", v_for="(cell, j) in row", key="j")
                     html.Img(v_if="eval_figure", src=("eval_figure",), style="width: 100%", id="eval-figure")
             with layout.content:
-                with html.Div(style="height: calc(100vh - 64px); display: flex;", id="views"):
+                with html.Div(style="height: calc(100vh - 92px); display: flex;", id="views"):
                     self.layouts.initialize_layout_grid(layout)
         self.ui = layout
 
@@ -354,7 +357,7 @@ class WebApp:
             if folder is None:
                 from .phantom import simulate_subject
 
-                return simulate_subject(seed=0, size=size, progress=progress)
+                return simulate_subject(SIMULATED_BRAIN, seed=0, size=size, progress=progress)
             from .subject import load_subject
 
             return load_subject(folder)
@@ -370,8 +373,7 @@ class WebApp:
         self._subject, self._subject_folder = subject, folder
         self._clear_outputs()
         self._background = scene.show_subject(self.slicer.scene, subject)
-        self.slicer.display_manager.show_volume_in_slice_background(self._background)
-        self.slicer.display_manager.show_volume_in_slice_foreground(None)
+        scene.show_overlay(self.slicer.scene, None, self._background, float(self.state.opacity))
         self.slicer.display_manager.reset_views()
         self.state.status = f"{subject.name}: loaded"
         self._check_models()
@@ -379,19 +381,16 @@ class WebApp:
 
     def _check_models(self) -> None:
         """The protocol check of every chosen model against the subject, shown before running."""
-        from .infer import check_subject
+        from .modelfile import load_model
+        from .scene import model_problems
 
         errors = []
         if self._subject is not None:
             for value in self.state.selected_models or []:
                 try:
-                    from .modelfile import load_model
-
-                    problem = check_subject(self._subject, load_model(self.model_path(value)))
+                    errors += model_problems(self._subject, [load_model(self.model_path(value))])
                 except MRHNetError as exc:
-                    problem = str(exc)
-                if problem:
-                    errors.append(problem if isinstance(problem, str) else "; ".join(problem))
+                    errors.append(str(exc))
         self.state.check_errors = errors
 
     # --- run --------------------------------------------------------------------------------------------
@@ -423,7 +422,7 @@ class WebApp:
         from . import scene
 
         self._maps = dict(maps)
-        self._outputs = scene.set_outputs(self.slicer.scene, self._subject.name, maps)
+        self._outputs = scene.set_outputs(self.slicer.scene, self._background, maps)
         targets = list(self._outputs)
         self.state.overlays = [{"title": t.upper(), "value": t} for t in targets]
         if self.state.overlay not in targets:
@@ -435,17 +434,18 @@ class WebApp:
     def _clear_outputs(self) -> None:
         from . import scene
 
-        for node in self._outputs.values():
-            scene.remove_node(self.slicer.scene, node)
+        scene.remove_outputs(self.slicer.scene)
         self._outputs, self._maps = {}, {}
         self.state.overlays, self.state.overlay = [], None
         self.state.eval_rows, self.state.eval_figure, self.state.saved = [], "", ""
 
     def _show_overlay(self) -> None:
-        node = self._outputs.get(self.state.overlay)
-        self.slicer.display_manager.show_volume_in_slice_foreground(node)
-        for view in self.slicer.view_manager.get_slice_views():
-            view.set_foreground_opacity(float(self.state.opacity))
+        from . import scene
+
+        if self._background is None:
+            return
+        scene.show_overlay(self.slicer.scene, self._outputs.get(self.state.overlay), self._background,
+                           float(self.state.opacity))
         self.render_views()
 
     def _evaluate(self) -> None:
