@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -121,10 +122,11 @@ def _make_models(data: Path) -> tuple[list[str], str]:
 class AppProcess:
     """``mrhnet app DATA --port N`` as a subprocess, its output collected for failure messages."""
 
-    def __init__(self, data: Path, port: int):
+    def __init__(self, data: Path, port: int, *options: str):
         env = dict(os.environ, VTK_DEFAULT_OPENGL_WINDOW="vtkEGLRenderWindow", PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen([sys.executable, "-m", "MRHNetLib", "app", str(data), "--port", str(port)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        self.proc = subprocess.Popen([sys.executable, "-m", "MRHNetLib", "app", str(data), "--port", str(port),
+                                      *options], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env=env)
         self.lines: list[str] = []
         self.url: str | None = None
         self._ready = threading.Event()
@@ -186,6 +188,22 @@ def _wait_status(page, text: str, timeout_s: float, app: AppProcess) -> str:
     raise AssertionError(f"status {text!r} not reached, last {page.inner_text('#status')!r}\n{app.log()}")
 
 
+def test_app_refuses_a_missing_folder_and_warns_off_loopback(tmp_path):
+    missing = subprocess.run([sys.executable, "-m", "MRHNetLib", "app", str(tmp_path / "nope")],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "data folder does not exist" in missing.stderr
+    # 127.0.0.2 is a loopback address on Linux, but not the default one: the no-login warning must appear
+    app = AppProcess(tmp_path, _free_port(), "--host", "127.0.0.2")
+    try:
+        url = app.wait_ready()
+        assert url.startswith("http://127.0.0.2:")
+        assert "NO login" in app.log() and "ssh -L" in app.log()
+        with urllib.request.urlopen(url, timeout=10) as page:
+            assert page.status == 200
+    finally:
+        app.stop()
+
+
 def test_webapp_in_a_real_browser(tmp_path):
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} not installed (apt-get install -y chromium)")
@@ -203,6 +221,7 @@ def test_webapp_in_a_real_browser(tmp_path):
     app = AppProcess(data, _free_port())
     try:
         url = app.wait_ready()
+        assert url.startswith("http://127.0.0.1:") and "NO login" not in app.log()
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
             page = browser.new_page(viewport={"width": 1400, "height": 760})
