@@ -590,6 +590,13 @@ class LossPlot:
         self.rows.append((float(epoch),) + tuple(float(values.get(c, np.nan)) for c in self.curves))
         self._write()
 
+    def set_history(self, history: list[dict[str, Any]]) -> None:
+        """Replace the rows with a training log (``epoch``, ``train_loss``, ``val_loss`` per epoch)."""
+        self.rows = [(float(h["epoch"]),) + tuple(
+            float(h[f"{'val' if c == 'validation' else c}_loss"]) if h.get(f"{'val' if c == 'validation' else c}_loss")
+            is not None else np.nan for c in self.curves) for h in history]
+        self._write()
+
     def values(self, curve: str) -> np.ndarray:
         """A curve's values as stored in the table node."""
         table = self.table.GetTable()
@@ -696,3 +703,92 @@ class SceneInference:
             time.sleep(0.05)
         self.job.result()
         return self.outputs
+
+
+def add_subject_nodes(scene, subject: Subject, name: str | None = None) -> dict[str, Any]:
+    """Every image of an engine subject as scene nodes (DWI shells as DWI nodes, the mask as a labelmap),
+    named ``<name> <role>`` with the T2w named just ``<name>``; returns role -> node."""
+    name = name or subject.name
+    nodes: dict[str, Any] = {}
+    for role, vol in subject.images.items():
+        cls = "vtkMRMLLabelMapVolumeNode" if role == "mask" else "vtkMRMLScalarVolumeNode"
+        nodes[role] = add_volume_node(scene, vol, name if role == "t2w" else f"{name} {role}", cls)
+    for role, dwi in subject.dwi.items():
+        nodes[role] = add_dwi_node(scene, dwi, f"{name} {role}")
+    return nodes
+
+
+def gradients_from_path(path: str | os.PathLike, affine: np.ndarray) -> Gradients:
+    """Gradients from one file chosen in a GUI: a ``.bval`` or ``.bvec`` (its sibling is found) or a
+    ``gx gy gz b`` table."""
+    path = Path(path)
+    if path.suffix in (".bval", ".bvec"):
+        return gradients_from_files(affine, bval=path.with_suffix(".bval"), bvec=path.with_suffix(".bvec"))
+    return gradients_from_files(affine, table=path)
+
+
+def _train(subjects: list[Subject], target: str, out: str, config: Any, base_model: Any, run_dir: str,
+           progress=None) -> Path:
+    from .train import finetune, train
+
+    if base_model is not None:
+        return finetune(base_model, subjects, target, out, config, progress=progress, run_dir=run_dir)
+    return train(subjects, target, out, config, progress=progress, run_dir=run_dir)
+
+
+class SceneTraining:
+    """Train a network (or fine-tune one) on scene nodes in the background, with a live loss plot.
+
+    ``target``: the histology volume node; ``stain``: its kind (``af``, ``nf``, ``mbp``); ``out``: the
+    model folder to write (``NAME.mrhnet``); ``base_model``: catalog name / path to fine-tune from.
+    ``options``: :class:`~MRHNetLib.train.TrainConfig` fields (depth, epochs, lr, device ...).
+    :meth:`poll` refreshes the loss plot from the run's log after every epoch."""
+
+    def __init__(self, scene, target, stain: str, out: str | os.PathLike, *, base_model: Any = None,
+                 options: dict[str, Any] | None = None, mask=None, gradients: dict[str, Gradients] | None = None,
+                 **inputs: Any):
+        import tempfile
+
+        from .jobs import Job
+        from .train import TrainConfig
+
+        if target is None:
+            raise MRHNetError("choose the histology (target) volume to train on")
+        subject = subject_from_nodes(mask=mask, gradients=gradients, **inputs)
+        subject.images[stain] = volume_from_node(target)
+        subject.check_grid()
+        self.subject, self.out = subject, Path(out)
+        if base_model is not None:
+            base_model = load_models([base_model])[0]
+        options = dict(options or {})
+        config = TrainConfig(**options) if base_model is None or "lr" in options else \
+            TrainConfig(**{"lr": 1e-4, **options})
+        self.run_dir = tempfile.mkdtemp(prefix="mrhnet-train-")
+        self.plot = LossPlot(scene)
+        self._epochs_shown = 0
+        self.job = Job(_train, [subject], stain, str(self.out), config, base_model, self.run_dir,
+                       name="MRHNet training")
+
+    def start(self) -> "SceneTraining":
+        self.job.start()
+        return self
+
+    def cancel(self) -> None:
+        self.job.cancel()
+
+    def poll(self) -> list[Any]:
+        events = self.job.poll()
+        if events:
+            self.refresh_plot()
+        return events
+
+    def refresh_plot(self) -> None:
+        from .train import read_log
+
+        try:
+            history = read_log(self.run_dir)
+        except MRHNetError:
+            return
+        if len(history) != self._epochs_shown:
+            self.plot.set_history(history)
+            self._epochs_shown = len(history)

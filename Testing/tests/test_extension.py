@@ -1,0 +1,173 @@
+"""Extension packaging and the module's GUI description, checked without Slicer: the .ui file, the
+CMake files, the Extensions Index entry, the module file (compiled, thin, importing only lazily)."""
+from __future__ import annotations
+
+import ast
+import json
+import py_compile
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MODULE = ROOT / "MRHNet"
+UI = MODULE / "Resources" / "UI" / "MRHNet.ui"
+SOURCE = (MODULE / "MRHNet.py").read_text()
+CATEGORIES = {"Image Synthesis", "Segmentation", "Neuroimaging", "Utilities", "Diffusion", "Quantification"}
+
+
+def cmake_set(text: str, name: str) -> str:
+    m = re.search(r"set\(\s*" + re.escape(name) + r"\s+(.*?)\)\s*$", text, re.S | re.M)
+    assert m, f"{name} not set"
+    return m.group(1).strip()
+
+
+def cmake_list(text: str, name: str) -> list[str]:
+    return [item for item in cmake_set(text, name).split() if not item.startswith("#")]
+
+
+def ui_widgets() -> dict[str, ET.Element]:
+    tree = ET.parse(UI)  # raises on invalid XML
+    return {w.get("name"): w for w in tree.iter("widget")}
+
+
+def test_ui_is_valid_and_names_every_widget_the_module_uses():
+    widgets = ui_widgets()
+    used = set(re.findall(r"self\.ui\.([A-Za-z_][A-Za-z0-9_]*)", SOURCE))
+    assert used, "the module uses no widgets?"
+    missing = sorted(used - set(widgets))
+    assert not missing, f"MRHNet.py uses widgets missing from MRHNet.ui: {missing}"
+    assert ET.parse(UI).getroot().find("class").text == "MRHNet"
+
+
+def test_ui_parameter_names_match_the_parameter_node():
+    """Every widget bound with SlicerParameterName names a field of MRHNetParameterNode, and every
+    node selector's scene is connected."""
+    tree = ast.parse(SOURCE)
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "MRHNetParameterNode")
+    fields = {s.target.id for s in cls.body if isinstance(s, ast.AnnAssign)}
+    bound = {}
+    for name, w in ui_widgets().items():
+        for p in w.findall("property"):
+            if p.get("name") == "SlicerParameterName":
+                bound[name] = p.find("string").text
+    assert bound and set(bound.values()) <= fields, set(bound.values()) - fields
+    assert len(set(bound.values())) == len(bound), "two widgets bound to one parameter"
+    root = ET.parse(UI).getroot()
+    connected = {c.find("receiver").text for c in root.iter("connection")
+                 if c.find("slot").text == "setMRMLScene(vtkMRMLScene*)"}
+    combos = {n for n, w in ui_widgets().items() if w.get("class") == "qMRMLNodeComboBox"}
+    assert combos and combos <= connected
+
+
+def test_ui_loads_with_qt_if_available():
+    QtUiTools = pytest.importorskip("PySide6.QtUiTools")  # not installed here: Qt is not pulled in for this
+    from PySide6.QtWidgets import QApplication
+
+    app = QApplication.instance() or QApplication([])
+    assert QtUiTools.QUiLoader().load(str(UI)) is not None and app
+
+
+def test_module_file_compiles_and_stays_thin():
+    py_compile.compile(str(MODULE / "MRHNet.py"), doraise=True)
+    assert len(SOURCE.splitlines()) <= 520
+    tree = ast.parse(SOURCE)
+    top_imports = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names} | \
+        {n.module.split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom) and n.module}
+    assert top_imports <= {"logging", "os", "pathlib", "sys", "typing", "qt", "ctk", "vtk", "slicer"}, top_imports
+    classes = {n.name: [b.id if isinstance(b, ast.Name) else b.attr for b in n.bases]
+               for n in tree.body if isinstance(n, ast.ClassDef)}
+    assert classes["MRHNet"] == ["ScriptedLoadableModule"]
+    assert "ScriptedLoadableModuleWidget" in classes["MRHNetWidget"]
+    assert classes["MRHNetLogic"] == ["ScriptedLoadableModuleLogic"]
+    assert classes["MRHNetTest"] == ["ScriptedLoadableModuleTest"]
+    assert "eLife 2022;11:e72331" in SOURCE and "README" in SOURCE
+
+
+def test_module_calls_engine_functions_that_exist():
+    """Every ``from MRHNetLib.x import y`` in the module resolves in the engine."""
+    import importlib
+
+    for module, names in re.findall(r"from (MRHNetLib\.\w+) import ([\w, ]+)", SOURCE):
+        mod = importlib.import_module(module)
+        for name in [n.strip() for n in names.split(",")]:
+            assert hasattr(mod, name), f"{module}.{name} does not exist"
+
+
+def test_top_level_cmakelists_describes_the_extension():
+    text = (ROOT / "CMakeLists.txt").read_text()
+    assert re.search(r"^project\(MRHNet\)", text, re.M)
+    assert cmake_set(text, "EXTENSION_CATEGORY").strip('"') in CATEGORIES
+    assert cmake_set(text, "EXTENSION_DEPENDS").strip('"') == "PyTorch"
+    for name in ("EXTENSION_HOMEPAGE", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION"):
+        assert len(cmake_set(text, name).strip('"')) > 10
+    assert cmake_set(text, "EXTENSION_ICONURL").strip('"').endswith(".png")
+    shots = cmake_set(text, "EXTENSION_SCREENSHOTURLS").strip('"').split()
+    assert shots and all(s.endswith((".png", ".jpg", ".jpeg", ".gif")) for s in shots)
+    icon_path = re.search(r"/main/(.*\.png)", cmake_set(text, "EXTENSION_ICONURL")).group(1)
+    assert (ROOT / icon_path).is_file()
+    for sub in re.findall(r"add_subdirectory\((\w+)\)", text):
+        assert (ROOT / sub / "CMakeLists.txt").is_file()
+    for needed in ("find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})",
+                   "include(${Slicer_EXTENSION_GENERATE_CONFIG})", "include(${Slicer_EXTENSION_CPACK})"):
+        assert needed in text
+    assert any((ROOT / n).is_file() for n in ("LICENSE", "LICENSE.txt", "COPYING"))
+
+
+def test_module_cmakelists_lists_existing_files_and_packages_the_engine():
+    text = (MODULE / "CMakeLists.txt").read_text()
+    assert cmake_set(text, "MODULE_NAME") == "MRHNet"
+    listed = [f.replace("${MODULE_NAME}", "MRHNet") for f in
+              cmake_list(text, "MODULE_PYTHON_SCRIPTS") + cmake_list(text, "MODULE_PYTHON_RESOURCES")]
+    assert "MRHNet.py" in listed and "Resources/UI/MRHNet.ui" in listed
+    for f in listed:
+        assert (MODULE / f).is_file(), f"{f} listed in MRHNet/CMakeLists.txt does not exist"
+    assert "slicerMacroBuildScriptedModule(" in text and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
+    # the engine package and its shipped data are gathered relative to the repository root
+    globs = re.findall(r"\$\{MRHNET_SOURCE_ROOT\}/([\w/]+)/\*(\.py)?", text)
+    patterns = {(d, e) for d, e in globs}
+    assert ("MRHNetLib", ".py") in patterns and ("Resources/anatomy", "") in patterns
+    engine = [p for p in (ROOT / "MRHNetLib").rglob("*.py") if "__pycache__" not in p.parts]
+    assert (ROOT / "MRHNetLib" / "scene.py") in engine and (ROOT / "MRHNetLib" / "jobs.py") in engine
+    assert (MODULE / "Testing" / "CMakeLists.txt").is_file() and (MODULE / "Testing" / "Python" / "CMakeLists.txt").is_file()
+
+
+def test_module_finds_the_engine_beside_or_above_it():
+    """The module puts the folder holding MRHNetLib on sys.path: beside MRHNet.py when installed (the
+    CMake copies MRHNetLib into the scripted-modules folder), one level up in the source tree."""
+    tree = ast.parse(SOURCE)
+    fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "ensureLibraryPath")
+    body = ast.unparse(fn)
+    assert "os.path.dirname(here)" in body and "MRHNetLib" in body
+    assert (MODULE.parent / "MRHNetLib" / "__init__.py").is_file()
+    from MRHNetLib.resources import resources_dir
+
+    assert resources_dir() == ROOT / "Resources"  # installed layout: <scripted-modules>/Resources
+
+
+def test_extensions_index_entry():
+    entry = json.loads((ROOT / "MRHNet.json").read_text())
+    assert entry["$schema"].startswith("https://") and "slicer-extension-catalog-entry-schema" in entry["$schema"]
+    assert entry["category"] in CATEGORIES
+    assert entry["category"] == cmake_set((ROOT / "CMakeLists.txt").read_text(), "EXTENSION_CATEGORY").strip('"')
+    assert entry["scm_url"].startswith("https://github.com/") and entry["scm_url"].rsplit("/", 1)[1].startswith("Slicer")
+    assert entry["build_dependencies"] == ["PyTorch"]
+    assert set(entry) <= {"$schema", "build_dependencies", "build_subdirectory", "category", "scm_revision",
+                          "scm_url", "scm_type", "dicom_support_rule", "enabled", "tier"}
+    # the extension name (file name) is the CMake project name and does not start with "Slicer"
+    assert not "MRHNet".startswith("Slicer")
+
+
+def test_icon_and_requirements():
+    from PIL import Image
+
+    icon = Image.open(MODULE / "Resources" / "Icons" / "MRHNet.png")
+    assert icon.size == (128, 128)
+    reqs = [line.split(">=")[0].strip() for line in (MODULE / "Resources" / "requirements.txt").read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+    assert "torch" not in reqs  # torch comes from the PyTorch extension
+    declared = " ".join(__import__("tomllib").loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
+    for req in reqs:
+        assert req in declared, f"{req} is not an engine dependency"
