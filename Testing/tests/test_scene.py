@@ -308,3 +308,33 @@ def test_inference_round_trip_rerun_and_cancel(scene, phantom, tiny_models):
     rerun = sc.SceneInference(scene, [tiny_models["af"]], **nodes, device="cpu").start()
     _wait(rerun)
     assert rerun.outputs["af"] is run.outputs["af"] and scene.GetNumberOfNodes() == count
+
+
+def test_training_on_scene_nodes_with_live_loss_plot(scene, phantom, tmp_path):
+    pytest.importorskip("MRHNetLib.train")
+    from MRHNetLib.modelfile import read_info
+    from MRHNetLib.train import read_log
+
+    nodes = sc.add_subject_nodes(scene, phantom, "brain1")
+    inputs = {k: nodes[k] for k in ("t2w", "mt_on", "mt_off", "dwi_b2000", "dwi_b5000")}
+    options = dict(depth=0, width=8, epochs=3, batch_size=64, val_samples=10, lr=0.01, device="cpu")
+
+    with pytest.raises(MRHNetError, match="histology"):
+        sc.SceneTraining(scene, None, "af", tmp_path / "x.mrhnet", options=options, **inputs)
+    cancelled = sc.SceneTraining(scene, nodes["af"], "af", tmp_path / "c.mrhnet", options=options,
+                                 mask=nodes["mask"], **inputs).start()
+    cancelled.cancel()
+    _wait(cancelled)
+    assert cancelled.job.state == "cancelled" and not (tmp_path / "c.mrhnet").exists()
+
+    training = sc.SceneTraining(scene, nodes["af"], "af", tmp_path / "af.mrhnet", options=options,
+                                mask=nodes["mask"], **inputs).start()
+    _wait(training, timeout=120)
+    training.refresh_plot()
+    assert training.job.state == "done", training.job.error
+    assert read_info(training.job.output).target == "af"
+    history = read_log(training.run_dir)
+    assert len(history) == 3
+    np.testing.assert_allclose(training.plot.values("epoch"), [h["epoch"] for h in history])
+    np.testing.assert_allclose(training.plot.values("train"), [h["train_loss"] for h in history])
+    assert scene.GetNumberOfNodesByClass("vtkMRMLPlotChartNode") == 1
