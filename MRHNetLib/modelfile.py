@@ -111,11 +111,14 @@ def save_model(path: str | os.PathLike, net: MRHNet, info: ModelInfo) -> Path:
         meta = info.to_dict()
         meta["weights_sha256"] = _sha256(tmp / WEIGHTS)
         (tmp / META).write_text(json.dumps(meta, indent=1))
-        if path.exists():
+        if path.exists():  # swap: the old model stays whole until the new one is in place
             old = path.with_name(path.name + ".old")
-            os.replace(path, old) if not old.exists() else None
             _rmtree(old)
-        os.replace(tmp, path)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            _rmtree(old)
+        else:
+            os.replace(tmp, path)
     finally:
         _rmtree(tmp)
     return path
