@@ -792,3 +792,41 @@ class SceneTraining:
         if len(history) != self._epochs_shown:
             self.plot.set_history(history)
             self._epochs_shown = len(history)
+
+
+def overlay_figure(background: Volume, maps: dict[str, Volume], out: str | os.PathLike,
+                   opacity: float = DEFAULT_OPACITY, title: str = "") -> Path:
+    """A PNG of the maps as coloured overlays on the background's middle coronal slice, with the same
+    colour tables, window and transparent zero as the scene display (for the README and reports)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .protocol import plane_axes
+
+    axis = plane_axes(background.affine, "coronal")[0]
+    mid = background.shape3[axis] // 2
+
+    def cut(data: np.ndarray) -> np.ndarray:
+        return np.rot90(np.take(data, mid, axis=axis))
+
+    grey = cut(background.data)
+    grey = np.clip(grey / (np.percentile(grey[grey > 0], 99.5) if np.any(grey > 0) else 1.0), 0, 1)
+    fig, axes = plt.subplots(1, len(maps), figsize=(3.2 * len(maps), 3.4), squeeze=False)
+    for ax, (key, vol) in zip(axes[0], maps.items()):
+        low, high = display_range(vol.data)
+        values = cut(vol.data)
+        ramp = colour_ramp(stain_of(key))
+        idx = np.clip((values - low) / max(high - low, 1e-12) * 255, 0, 255).astype(int)
+        alpha = np.where(values > max(high * 1e-3, 1e-12), opacity, 0.0)[..., None]
+        rgb = (1 - alpha) * np.repeat(grey[..., None], 3, axis=2) + alpha * ramp[idx]
+        ax.imshow(rgb, interpolation="nearest")
+        ax.set_title(output_name(title or background.name or "brain", key), fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

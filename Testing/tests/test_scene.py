@@ -338,3 +338,15 @@ def test_training_on_scene_nodes_with_live_loss_plot(scene, phantom, tmp_path):
     np.testing.assert_allclose(training.plot.values("epoch"), [h["epoch"] for h in history])
     np.testing.assert_allclose(training.plot.values("train"), [h["train_loss"] for h in history])
     assert scene.GetNumberOfNodesByClass("vtkMRMLPlotChartNode") == 1
+
+
+def test_overlay_figure_colours_the_brain_only(phantom, tmp_path):
+    from PIL import Image
+
+    maps = {"af": phantom.images["af"]}
+    path = sc.overlay_figure(phantom.images["t2w"], maps, tmp_path / "fig.png", title="brain1")
+    rgb = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    spread = rgb.max(axis=2) - rgb.min(axis=2)
+    assert (spread > 60).sum() > 200  # coloured (overlay) pixels exist
+    greyish = spread < 8
+    assert greyish.sum() > 0.5 * greyish.size  # background, border and outside the brain stay grey/white
