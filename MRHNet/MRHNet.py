@@ -7,6 +7,7 @@ import logging
 import os
 import pathlib
 import sys
+import time
 from typing import Annotated, Optional, Union
 
 import qt
@@ -66,7 +67,7 @@ def registerSampleData():
     SampleData.SampleDataLogic.registerCustomSampleDataSource(
         category="MRHNet", sampleName="MRHNet phantom brain", uris=["mrhnet:phantom"],
         fileNames=["MRHNetPhantomBrain"], nodeNames=["MRHNet phantom brain"], thumbnailFileName=icon,
-        customDownloader=lambda source: MRHNetLogic().loadPhantom())
+        customDownloader=lambda source: list(MRHNetLogic().loadPhantom().values()))
 
 
 #
@@ -434,7 +435,12 @@ class MRHNetLogic(ScriptedLoadableModuleLogic):
                                         dwi_b5000=dwi_b5000, fa=fa).items() if v is not None}
         run = SceneInference(slicer.mrmlScene, list(models), device=device, mask=mask, gradients=gradients,
                              **inputs).start()
-        return run.wait(on_event=lambda event: slicer.app.processEvents())
+        while not run.job.finished:
+            run.poll()
+            slicer.app.processEvents()
+            time.sleep(0.02)
+        run.job.result()  # raises the engine's error, or Cancelled
+        return run.outputs
 
     def train(self, target, stain: str, out: str, base_model=None, mask=None, gradients=None,
               **inputsAndOptions) -> str:
@@ -448,6 +454,7 @@ class MRHNetLogic(ScriptedLoadableModuleLogic):
         while not training.job.finished:
             training.poll()
             slicer.app.processEvents()
+            time.sleep(0.02)
         training.refresh_plot()
         return str(training.job.result())
 
