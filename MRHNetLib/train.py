@@ -632,7 +632,7 @@ def _fit(train_set: SampleSet, val_set: SampleSet, protocol: Protocol, summary: 
             torch.zeros(2, dtype=torch.float64, device=device)
         t0 = time.perf_counter()
         lr_now = optimiser.param_groups[0]["lr"]
-        message = f"epoch {epoch + 1}/{config.epochs}"
+        message = f"epoch {epoch + 1}/{config.epochs}" + (f" loss {history[-1]['train_loss']:.4g}" if history else "")
         for step in range(step0, steps):
             batch = order[step * B:(step + 1) * B]
             local = np.array_split(batch, dist.world)[dist.rank]
