@@ -258,11 +258,11 @@ def tiny_models(tmp_path_factory, phantom):
 
     folder = tmp_path_factory.mktemp("models")
     paths = {}
-    for target, seed in (("af", 0), ("nf", 1)):
+    for name, target, seed in (("af", "af", 0), ("nf", "nf", 1), ("af2", "af", 2)):
         torch.manual_seed(seed)
         protocol = phantom.protocol()
         net = MRHNet(protocol.n_channels, depth=0, width=8)
-        paths[target] = save_model(folder / f"tiny-{target}.mrhnet", net,
+        paths[name] = save_model(folder / f"tiny-{name}.mrhnet", net,
                                    ModelInfo(protocol, depth=0, target=target, width=8))
     return paths
 
@@ -304,10 +304,16 @@ def test_inference_round_trip_rerun_and_cancel(scene, phantom, tiny_models):
         np.testing.assert_allclose(sc.node_affine(node), sc.node_affine(nodes["t2w"]))
         assert sc.volume_from_node(node).data.shape == phantom.shape
         np.testing.assert_allclose(sc.volume_from_node(node).data, run.job.output[key].data)
-    count = scene.GetNumberOfNodes()
-    rerun = sc.SceneInference(scene, [tiny_models["af"]], **nodes, device="cpu").start()
+    # a second run replaces its own outputs; an ensemble of two AF models adds the uncertainty map
+    rerun = sc.SceneInference(scene, [tiny_models["af"], tiny_models["af2"]], **nodes, device="cpu").start()
     _wait(rerun)
-    assert rerun.outputs["af"] is run.outputs["af"] and scene.GetNumberOfNodes() == count
+    assert rerun.outputs["af"] is run.outputs["af"] and set(rerun.outputs) == {"af", "af_std"}
+    assert len(sc.output_nodes(scene, nodes["t2w"])) == 3  # af (updated), nf (kept), af_std (new)
+    std = rerun.outputs["af_std"]
+    assert std.GetName() == "brain1 MRH-AF-SD" and sc.volume_from_node(std).data.max() > 0
+    assert scene.GetNodeByID(std.GetDisplayNode().GetColorNodeID()).GetName() == "MRHNet AF-SD"
+    view = scene.GetNthNodeByClass(0, "vtkMRMLSliceCompositeNode")
+    assert view.GetForegroundVolumeID() == run.outputs["af"].GetID()  # the map, not its spread, is shown
 
 
 def test_training_on_scene_nodes_with_live_loss_plot(scene, phantom, tmp_path):
