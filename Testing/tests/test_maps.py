@@ -142,3 +142,15 @@ def test_derive_map_through_subject():
         maps.derive_map(s, "t1")
     with pytest.raises(MRHNetError, match="MK needs both DWI shells"):
         maps.derive_map(Subject({"mask": s.images["mask"]}, {"dwi_b2000": s.dwi["dwi_b2000"]}, "y"), "mk")
+
+
+def test_fits_report_progress_and_cancel():
+    from MRHNetLib.errors import Cancelled
+
+    g = shell(2000.0)
+    dwi = np.broadcast_to(tensor_signal(g, (1e-3, 4e-4, 4e-4)), (4, 5, 3, len(g))).astype(np.float32)
+    seen = []
+    maps.fa_md(dwi, g, progress=lambda f, msg: seen.append((f, msg)))
+    assert seen and seen[-1][0] == 1.0 and "DTI" in seen[-1][1]
+    with pytest.raises(Cancelled):
+        maps.fa_md(dwi, g, progress=lambda f, msg: False)
