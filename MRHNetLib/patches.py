@@ -275,6 +275,9 @@ class PatchSet:
         """Inputs normalised per ``protocol``, targets divided by ``target_scale``, centres sampled per
         ``config`` (plane and half-patch from ``protocol``); shuffled with ``config.seed``."""
         config = config or SamplingConfig(half_patch=protocol.half_patch, plane=protocol.patch_plane)
+        if (config.plane, config.half_patch) != (protocol.patch_plane, protocol.half_patch):
+            raise MRHNetError(f"sampling settings ({config.plane}, half patch {config.half_patch}) differ from the "
+                              f"protocol's ({protocol.patch_plane}, half patch {protocol.half_patch})")
         stacks, targets, centres, affines = [], [], [], []
         for s in subjects:
             t = s.target(target)

@@ -217,6 +217,8 @@ def test_patchset_from_subjects_and_config_json():
     np.testing.assert_allclose(y[:, 0, 1, 1], target[tuple(info[:, 1:].T)] / 255.0, rtol=1e-6)
     inputs = subject.inputs(protocol)
     np.testing.assert_allclose(x[:, :, 1, 1], inputs[:, info[:, 1], info[:, 2], info[:, 3]].T, rtol=1e-6)
+    with pytest.raises(MRHNetError, match="differ from the protocol's"):
+        PatchSet.from_subjects([subject], "af", protocol, SamplingConfig(plane="axial"))
     again = SamplingConfig.from_json(cfg.to_json())
     assert again == cfg and json.loads(SamplingConfig(slice_range=(1, 4)).to_json())["slice_range"] == [1, 4]
     with pytest.raises(MRHNetError, match="unknown key"):
