@@ -174,7 +174,8 @@ class WebApp:
         self._outputs: dict[str, Any] = {}  # target -> output volume node
         self._maps: dict[str, Any] = {}  # target -> Volume (for saving)
         self._job = None
-        self._load_token = 0
+        self._choice: str | None = None  # the subject choice being loaded or shown
+        self._shown: str | None = None  # the subject choice shown
 
         self._init_state(subject)
         self._build_ui()
@@ -198,6 +199,7 @@ class WebApp:
         s.device = s.devices[-1]
         s.check_errors, s.error, s.status = [], "", "starting"
         s.running = s.loading = False
+        s.runs = 0  # completed runs (outputs on show)
         s.progress = 0.0
         s.overlays, s.overlay, s.opacity, s.show_3d = [], None, DEFAULT_OPACITY, False
         s.eval_rows, s.eval_figure, s.saved = [], "", ""
@@ -223,10 +225,13 @@ class WebApp:
 
     def model_path(self, value: str) -> Path:
         """Path of a model choice; data-folder models are resolved inside the data folder only."""
-        from .catalog import resolve
+        from .catalog import list_models
 
-        if value.startswith(SHIPPED_PREFIX):
-            return resolve(value[len(SHIPPED_PREFIX):])
+        if value.startswith(SHIPPED_PREFIX):  # only the catalog's own names, never a path
+            for entry in list_models():
+                if entry.name == value[len(SHIPPED_PREFIX):]:
+                    return entry.path
+            raise MRHNetError(f"{value[len(SHIPPED_PREFIX):]}: no such shipped model")
         if value.startswith(DATA_PREFIX):
             path = resolve_in(self.root, value[len(DATA_PREFIX):])
             if not path.is_dir():
@@ -288,48 +293,56 @@ class WebApp:
         self.ui = layout
 
     # --- background work --------------------------------------------------------------------------------
-    def _start(self, label: str, work: Callable, on_done: Callable[[Any], None]) -> None:
-        """Run ``work(progress)`` in the background; ``on_done(result)`` runs later on the server loop."""
+    def _start(self, label: str, work: Callable, on_done: Callable[[Any], None],
+               on_fail: Callable[[], None] | None = None) -> None:
+        """Run ``work(progress)`` in the background; ``on_done(result)`` (or ``on_fail()`` after a failure
+        or cancel) runs later on the server loop."""
         from trame_server.utils.asynchronous import create_task
 
         from .jobs import start_job
 
         self.state.error, self.state.progress, self.state.status = "", 0.0, label
         self._job = start_job(work)
-        create_task(self._watch(self._job, on_done))
+        create_task(self._watch(self._job, on_done, on_fail or (lambda: None)))
 
-    async def _watch(self, job, on_done: Callable[[Any], None]) -> None:
+    async def _watch(self, job, on_done: Callable[[Any], None], on_fail: Callable[[], None]) -> None:
         import asyncio
 
         from .errors import Cancelled
 
         while not job.done:
+            if self._job is not job:  # superseded (a new subject was chosen while loading)
+                job.cancel()
+                return
+            fraction, message = job.progress
+            if job.finished:
+                break
             with self.state:
-                fraction, message = job.progress
                 self.state.progress = fraction
                 if message:
                     self.state.status = message
             await asyncio.sleep(POLL_S)
+        if self._job is not job:
+            return
         with self.state:
-            if self._job is job:
-                self._job = None
+            self._job = None
             self.state.running = self.state.loading = False
             try:
                 result = job.result()
             except Cancelled:
                 self.state.status, self.state.progress = "cancelled", 0.0
+                on_fail()
                 return
-            except MRHNetError as exc:
+            except Exception as exc:  # MRHNetError, or an engine bug: shown instead of lost
                 self.state.status, self.state.error = "failed", str(exc)
-                return
-            except Exception as exc:  # an engine bug: show it instead of losing it
-                self.state.status, self.state.error = "failed", f"{type(exc).__name__}: {exc}"
+                on_fail()
                 return
             self.state.progress = 1.0
             try:
                 on_done(result)
-            except MRHNetError as exc:
-                self.state.status, self.state.error = "failed", str(exc)
+            except Exception as exc:  # noqa: BLE001 - shown on the page, the server goes on
+                self.state.status, self.state.error = "failed", str(exc) if isinstance(exc, MRHNetError) \
+                    else f"{type(exc).__name__}: {exc}"
 
     def cancel(self) -> None:
         if self._job is not None:
@@ -339,15 +352,19 @@ class WebApp:
     # --- subject ----------------------------------------------------------------------------------------
     def _on_subject(self, choice: str) -> None:
         """Load the chosen subject (or simulate the brain) in the background, then show it."""
-        if self.state.running:
+        if choice == self._choice:
             return
         try:
+            if self.state.running:
+                raise MRHNetError("a run is in progress; cancel it before choosing another subject")
             folder = None if choice == SIMULATED else resolve_in(self.root, choice)
             if folder is not None and not folder.is_dir():
                 raise MRHNetError(f"{choice}: no such subject folder in the data folder")
         except MRHNetError as exc:
-            self.state.error, self.state.status = str(exc), "refused"
+            self.state.error = str(exc)
+            self.state.subject = self._choice  # back to the subject that is shown
             return
+        self._choice = choice
         if self._job is not None:
             self._job.cancel()
         self.state.loading = True
@@ -364,8 +381,13 @@ class WebApp:
 
         def done(subject) -> None:
             self._set_subject(subject, folder)
+            self._shown = choice
 
-        self._start(f"loading {'the simulated brain' if folder is None else choice}...", work, done)
+        def failed() -> None:
+            self._choice = self._shown
+            self.state.subject = self._shown
+
+        self._start(f"loading {'the simulated brain' if folder is None else choice}...", work, done, failed)
 
     def _set_subject(self, subject, folder: Path | None) -> None:
         from . import scene
@@ -402,11 +424,15 @@ class WebApp:
             from .modelfile import load_model
 
             models = [load_model(self.model_path(v)) for v in self.state.selected_models]
+            if not models:
+                raise MRHNetError("choose at least one model")
+            if self.state.device not in self.state.devices:
+                raise MRHNetError(f"{self.state.device}: device not available here")
         except MRHNetError as exc:
             self.state.error = str(exc)
             return
-        if not models:
-            self.state.error = "choose at least one model"
+        self._check_models()
+        if self.state.check_errors:
             return
         subject, device = self._subject, self.state.device
         self.state.running, self.state.saved = True, ""
@@ -430,6 +456,7 @@ class WebApp:
         self._show_overlay()
         self._evaluate()
         self.state.status = f"done: {', '.join(t.upper() for t in targets)}"
+        self.state.runs += 1
 
     def _clear_outputs(self) -> None:
         from . import scene

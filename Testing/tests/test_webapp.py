@@ -188,6 +188,16 @@ def _wait_status(page, text: str, timeout_s: float, app: AppProcess) -> str:
     raise AssertionError(f"status {text!r} not reached, last {page.inner_text('#status')!r}\n{app.log()}")
 
 
+def _wait_state(page, key: str, value, timeout_s: float, app: AppProcess) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if _state(page, key) == value:
+            return
+        assert not _state(page, "error"), f"app error: {_state(page, 'error')}\n{app.log()}"
+        time.sleep(0.2)
+    raise AssertionError(f"{key} != {value!r} (status {page.inner_text('#status')!r})\n{app.log()}")
+
+
 def test_app_refuses_a_missing_folder_and_warns_off_loopback(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "MRHNetLib", "app", str(tmp_path / "nope")],
                              capture_output=True, text=True, timeout=60)
@@ -261,7 +271,7 @@ def test_webapp_in_a_real_browser(tmp_path):
             page.wait_for_function("!document.querySelector('#run-button').disabled", timeout=20_000)
             t0 = time.time()
             page.click("#run-button")
-            _wait_status(page, "done", 60, app)
+            _wait_state(page, "runs", 1, 60, app)
             run_s = time.time() - t0
             assert len(_state(page, "overlays")) == len(run_models)
             deadline, shots = time.time() + 15, before
@@ -279,7 +289,7 @@ def test_webapp_in_a_real_browser(tmp_path):
 
             # a second run replaces the outputs (same overlays, no new ones)
             page.click("#run-button")
-            _wait_status(page, "done", 60, app)
+            _wait_state(page, "runs", 2, 60, app)
             assert len(_state(page, "overlays")) == len(run_models)
 
             # save: maps written into the data folder, nothing else touched
