@@ -49,7 +49,7 @@ DEFAULT_SNR = 40.0
 DEFAULT_NOISE = 1.0 / DEFAULT_SNR  # Rician sigma relative to the median brain signal of each unweighted image
 SIGNAL_SCALE = 1000.0  # signal of free water at full recovery
 MASK_LEVEL = 20.0  # NF value (0..255) that separates brain from the halo of the anatomy maps
-DEFORM_MM = 0.25  # standard deviation of the random displacement of a deformed variant
+DEFORM_MM = 0.12  # standard deviation (mm) of the random displacement of a deformed variant
 _BRAIN_RE = re.compile(r"^(C1|R2)(?:-d([0-9]+))?$")
 
 
@@ -167,7 +167,7 @@ def _sample_maps(maps: list[np.ndarray], shape: tuple[int, int, int], deform: in
         rng = _rng("deform", source, deform)
         spacing = src_spacing * f
         for k in range(3):
-            coords[k] += smooth_field(shape, spacing, 1.5, rng) * (DEFORM_MM / src_spacing)
+            coords[k] += smooth_field(shape, spacing, 2.0, rng) * (DEFORM_MM / src_spacing)
     sigma = np.where(f > 1, 0.4 * f, 0.0)
     out = []
     for m in maps:
