@@ -76,7 +76,6 @@ def smooth_field(shape: tuple[int, ...], spacing: np.ndarray, length_mm: float, 
     ``length_mm``: white noise on a coarse lattice (step ``length_mm / 2``) spread by a separable Gaussian
     kernel, axis by axis (cheap at any size)."""
     step = length_mm / 2
-    field = None
     weights = []
     for n, sp in zip(shape, spacing):
         x = (np.arange(n) + 0.5) * sp
