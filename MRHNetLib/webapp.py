@@ -100,21 +100,14 @@ def list_model_folders(root: str | os.PathLike) -> list[str]:
 
 
 def save_maps(folder: str | os.PathLike, maps: dict[str, Any], inputs: set[Path] = frozenset()) -> list[Path]:
-    """Write each map to ``folder/mrh_<target>.nii.gz`` atomically; refuse to replace any input file.
-
-    Every file is checked before the first is written, so a refusal writes nothing."""
-    from .io import write_volume
+    """Write each map to ``folder/mrh_<target>.nii.gz`` atomically (:func:`MRHNetLib.infer.write_maps`);
+    refuse to replace any of ``inputs``. Every path is checked before the first file is written."""
+    from .infer import write_maps
 
     folder = Path(folder)
-    protected = {Path(p).resolve() for p in inputs}
-    paths = {t: folder / OUTPUT_PATTERN.format(target=t) for t in maps}
-    for path in paths.values():
-        if path.resolve() in protected:
-            raise MRHNetError(f"{path}: is an input of this subject; not overwritten")
     folder.mkdir(parents=True, exist_ok=True)
-    for target, path in paths.items():
-        write_volume(path, maps[target])
-    return list(paths.values())
+    written = write_maps(maps, {t: folder / OUTPUT_PATTERN.format(target=t) for t in maps}, protect=list(inputs))
+    return list(written.values())
 
 
 def subject_files(folder: Path) -> set[Path]:
