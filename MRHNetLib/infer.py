@@ -1,0 +1,289 @@
+"""Whole-volume inference: virtual-histology maps of a subject from one or more networks.
+
+The result is the original's per-voxel procedure (every brain voxel's own zero-padded P x P patch in
+the protocol's plane through the network, the centre of the output kept, the map times the mask),
+computed exactly but in chunks of many patches with :class:`~MRHNetLib.fastconv.PatchNet`. Memory
+stays bounded by the chunk size whatever the volume size.
+
+API used by the CLI, the Slicer module and the web app: :func:`predict`, :func:`check_subject`,
+:func:`predict_array`, :func:`write_maps`.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .errors import MRHNetError, Progress, as_progress
+from .fastconv import PRECISIONS, PatchNet
+from .io import Volume, suffix_of, write_volume
+from .modelfile import LoadedModel, ModelInfo, load_model, read_info
+from .model import MRHNet
+from .protocol import check_compatible, plane_axes
+
+DEFAULT_CHUNK = 4096
+VOXEL_TOL = 0.2  # relative voxel-size difference beyond which resampling is needed (as check_compatible)
+
+
+# ---------------------------------------------------------------------------------------------
+# Devices and models
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; a clear error for an unavailable device."""
+    text = str(device)
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(text)
+    except RuntimeError:
+        raise MRHNetError(f"unknown device '{text}' (use auto, cpu or cuda)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MRHNetError("device cuda requested but no CUDA GPU is available (use --device cpu or auto)")
+    if dev.type not in ("cpu", "cuda"):
+        raise MRHNetError(f"device '{text}' is not supported (use auto, cpu or cuda)")
+    return dev
+
+
+def model_path(name: str | os.PathLike) -> Path:
+    """A model path from a path or, when the catalog module exists, a shipped model's name."""
+    try:
+        from .catalog import resolve
+    except ImportError:
+        return Path(name)
+    return resolve(name)
+
+
+def as_model(model: LoadedModel | str | os.PathLike) -> LoadedModel:
+    return model if isinstance(model, LoadedModel) else load_model(model_path(model))
+
+
+def _info(model: LoadedModel | ModelInfo | str | os.PathLike) -> ModelInfo:
+    if isinstance(model, LoadedModel):
+        return model.info
+    if isinstance(model, ModelInfo):
+        return model
+    return read_info(model_path(model))
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks
+
+
+def needs_resampling(subject, info: ModelInfo) -> bool:
+    """True when the subject's voxel size differs from the model's beyond the tolerance (any axis)."""
+    mv = info.protocol.voxel_size_mm
+    if not mv:
+        return False
+    return bool(np.any(np.abs(subject.reference.spacing - mv) > VOXEL_TOL * mv))
+
+
+def check_subject(subject, model: LoadedModel | ModelInfo | str | os.PathLike, *, adapt_protocol: bool = False,
+                  resample: bool | None = None) -> None:
+    """Raise :class:`MRHNetError` (one line) exactly when :func:`predict` with the same options would
+    refuse ``subject`` for ``model``: channel roles and count, b-values, gradient directions (unless
+    ``adapt_protocol``), voxel size (when ``resample`` is False)."""
+    info = _info(model)
+    mp = info.protocol
+    sp = subject.protocol(mp.input_kind)
+    sp.voxel_size_mm = None  # checked here, per axis
+    if resample is False and needs_resampling(subject, info):
+        raise MRHNetError(f"{subject.name}: voxel size {np.round(subject.reference.spacing, 4).tolist()} mm differs "
+                          f"from the model's {mp.voxel_size_mm:.4g} mm; resample (--resample) or give matching data")
+    if adapt_protocol and mp.input_kind == "raw":
+        from .adapt import adapted_protocol, check_adaptable
+
+        for role in mp.roles():
+            if role in subject.dwi:
+                check_adaptable(role, subject.dwi[role].gradients, mp.shell(role)[0])
+        sp = adapted_protocol(sp, mp)
+    try:
+        check_compatible(mp, sp)
+    except MRHNetError as exc:
+        raise MRHNetError(f"{subject.name} vs model {getattr(model, 'name', info.target)}: {exc}") from None
+    if mp.patch_size > min(subject.shape):
+        raise MRHNetError(f"{subject.name}: volume {subject.shape} is smaller than the {mp.patch_size}-voxel patch")
+
+
+# ---------------------------------------------------------------------------------------------
+# Arrays
+
+
+def patch_batch(stack: torch.Tensor, centres: torch.Tensor, shape: Sequence[int], axes: tuple[int, int, int],
+                half_patch: int) -> torch.Tensor:
+    """(P, P, N, C) zero-padded in-plane patches of a (C, X*Y*Z) ``stack`` around flat voxel ``centres``."""
+    _, ra, ca = axes
+    strides = (shape[1] * shape[2], shape[2], 1)
+    coords = [(centres // strides[a]) % shape[a] for a in range(3)]
+    off = torch.arange(-half_patch, half_patch + 1, device=centres.device)
+    p, n = len(off), len(centres)
+    dr = off.view(p, 1, 1)
+    dc = off.view(1, p, 1)
+    row = coords[ra].view(1, 1, n) + dr
+    col = coords[ca].view(1, 1, n) + dc
+    valid = (row >= 0) & (row < shape[ra]) & (col >= 0) & (col < shape[ca])  # (P, P, N)
+    flat = centres.view(1, 1, n) + dr * strides[ra] + dc * strides[ca]
+    flat = torch.where(valid, flat, centres.view(1, 1, n))
+    g = stack.index_select(1, flat.reshape(-1))  # (C, P*P*N)
+    x = g.view(stack.shape[0], p, p, n).permute(1, 2, 3, 0).contiguous()
+    return x.masked_fill_(~valid.unsqueeze(-1), 0.0)
+
+
+def predict_voxels(net: MRHNet | PatchNet, stack: np.ndarray | torch.Tensor, centres: np.ndarray,
+                   axes: tuple[int, int, int], half_patch: int = 1, *, device: str | torch.device = "cpu",
+                   precision: str = "fp32", chunk_voxels: int = DEFAULT_CHUNK, progress=None) -> np.ndarray:
+    """Network output (centre of each voxel's patch) at flat voxel indices ``centres`` of a (C, X, Y, Z)
+    normalised ``stack``: (N,) float32. Chunks of ``chunk_voxels`` bound the memory."""
+    prog = as_progress(progress)
+    dev = resolve_device(device)
+    pn = net if isinstance(net, PatchNet) else PatchNet(net, dev, precision)
+    if stack.ndim != 4:
+        raise MRHNetError(f"expected a (C, X, Y, Z) input stack, got shape {tuple(stack.shape)}")
+    if stack.shape[0] != pn.in_channels:
+        raise MRHNetError(f"input has {stack.shape[0]} channels but the network expects {pn.in_channels}")
+    shape = tuple(int(s) for s in stack.shape[1:])
+    if isinstance(stack, np.ndarray):
+        stack = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))
+    flat = stack.reshape(stack.shape[0], -1).to(pn.device)
+    idx = torch.as_tensor(np.asarray(centres, dtype=np.int64), device=pn.device)
+    out = torch.empty(len(idx), dtype=torch.float32, device=pn.device)
+    chunk = max(1, int(chunk_voxels))
+    total = len(idx)
+    for start in range(0, total, chunk):
+        c = idx[start:start + chunk]
+        out[start:start + len(c)] = pn(patch_batch(flat, c, shape, axes, half_patch))
+        prog.update(min(start + chunk, total) / max(total, 1), f"{min(start + chunk, total):,} / {total:,} voxels")
+    return out.cpu().numpy()
+
+
+def predict_array(net: MRHNet | PatchNet, stack: np.ndarray | torch.Tensor, mask: np.ndarray,
+                  axes: tuple[int, int, int], half_patch: int = 1, *, device: str | torch.device = "cpu",
+                  precision: str = "fp32", chunk_voxels: int = DEFAULT_CHUNK, progress=None) -> np.ndarray:
+    """(X, Y, Z) map: the network's patch-centre output at every voxel of ``mask``, zero elsewhere.
+
+    ``stack``: (C, X, Y, Z) normalised input; ``axes``: (slice_axis, row_axis, col_axis) from
+    :func:`~MRHNetLib.protocol.plane_axes` (patch rows along ``row_axis``, columns along ``col_axis``)."""
+    mask = np.asarray(mask, dtype=bool)
+    if tuple(mask.shape) != tuple(stack.shape[1:]):
+        raise MRHNetError(f"mask shape {mask.shape} differs from the input's {tuple(stack.shape[1:])}")
+    centres = np.flatnonzero(mask)
+    out = np.zeros(mask.size, dtype=np.float32)
+    out[centres] = predict_voxels(net, stack, centres, axes, half_patch, device=device, precision=precision,
+                                  chunk_voxels=chunk_voxels, progress=progress)
+    return out.reshape(mask.shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# Subjects
+
+
+def _prepare(subject, info: ModelInfo, adapt_protocol: bool, resample: bool | None, progress: Progress):
+    """(working subject, resampled?) for one model: adapted and/or resampled as asked or needed."""
+    work = subject
+    if adapt_protocol and info.protocol.input_kind == "raw":
+        from .adapt import adapt_subject
+
+        work = adapt_subject(work, info.protocol, progress=progress.sub(0.0, 0.5))
+    mv = info.protocol.voxel_size_mm
+    do = bool(mv) and (resample is True or (resample is None and needs_resampling(subject, info)))
+    if resample is True and not mv:
+        warnings.warn(f"model for {info.target} records no voxel size; not resampling", stacklevel=3)
+    if do:
+        from .resample import resample_subject
+
+        progress.update(0.5, f"resampling to {mv:g} mm")
+        mask = work.mask  # derive it on the original grid first
+        work = resample_subject(work, mv)
+        if "mask" not in work.images:
+            from .resample import resample_spacing
+
+            m = resample_spacing(subject.reference.with_data(mask.astype(np.float32)), mv, nearest=True)
+            work.images["mask"] = m
+    progress.update(1.0, "inputs ready")
+    return work, do
+
+
+def predict(subject, models: Sequence[LoadedModel | str | os.PathLike], *, device: str = "auto", progress=None,
+            adapt_protocol: bool = False, resample: bool | None = None, precision: str = "fp32",
+            chunk_voxels: int = DEFAULT_CHUNK) -> dict[str, Volume]:
+    """Virtual-histology maps of ``subject``, one per target, on the subject's own grid.
+
+    Each map is de-normalised to its target's scale and zero outside the mask. Several models of one
+    target form an ensemble: ``maps[target]`` is their mean and ``maps[target + "_std"]`` their spread
+    (standard deviation across models). ``resample``: None resamples to the model's voxel size only
+    when it differs beyond the tolerance, True always (when the model records one), False never
+    (a different voxel size is refused). ``adapt_protocol`` re-expresses DWI shells on the model's
+    gradient directions (see :mod:`MRHNetLib.adapt`). ``precision``: fp32 (exact), tf32 (CUDA) or bf16."""
+    if precision not in PRECISIONS:
+        raise MRHNetError(f"unknown precision '{precision}' (use {', '.join(PRECISIONS)})")
+    if not models:
+        raise MRHNetError("no model given")
+    prog = as_progress(progress)
+    dev = resolve_device(device)
+    loaded = [as_model(m) for m in models]
+    for m in loaded:
+        check_subject(subject, m, adapt_protocol=adapt_protocol, resample=resample)
+    ref = subject.reference
+    mask = subject.mask
+    outputs: dict[str, list[np.ndarray]] = {}
+    cache: tuple | None = None
+    n = len(loaded)
+    for i, m in enumerate(loaded):
+        sub = prog.sub(i / n, (i + 1) / n)
+        proto = m.info.protocol
+        key = (proto.to_json(), adapt_protocol, resample)
+        if cache is None or cache[0] != key:
+            cache = None  # free the previous stack first
+            work, resampled = _prepare(subject, m.info, adapt_protocol, resample, sub.sub(0.0, 0.15))
+            sub.update(0.15, f"{m.name}: normalising inputs")
+            cache = (key, work, resampled, work.inputs(proto), work.mask)
+        _, work, resampled, stack, wmask = cache
+        axes = plane_axes(work.affine, proto.patch_plane)
+        pred = predict_array(m.net, stack, wmask, axes, proto.half_patch, device=dev, precision=precision,
+                             chunk_voxels=chunk_voxels, progress=sub.sub(0.15, 0.97))
+        pred *= np.float32(proto.normalisation.target_scale)
+        if resampled:
+            from .resample import resample_to
+
+            pred = resample_to(work.reference.with_data(pred), ref).data
+        pred = np.where(mask, pred, np.float32(0.0)).astype(np.float32)
+        outputs.setdefault(m.info.target, []).append(pred)
+        sub.update(1.0, f"{m.name}: done")
+    cache = None
+    maps: dict[str, Volume] = {}
+    for target, preds in outputs.items():
+        if len(preds) == 1:
+            maps[target] = ref.with_data(preds[0], target)
+        else:
+            arr = np.stack(preds)
+            maps[target] = ref.with_data(arr.mean(axis=0).astype(np.float32), target)
+            maps[f"{target}_std"] = ref.with_data(arr.std(axis=0).astype(np.float32), f"{target}_std")
+    return maps
+
+
+def write_maps(maps: dict[str, Volume], destination: str | os.PathLike | dict[str, str | os.PathLike], *,
+               suffix: str = ".nii.gz", protect: Sequence[str | os.PathLike] = ()) -> dict[str, Path]:
+    """Write each map atomically as ``<folder>/<key><suffix>`` (or to the path given per key).
+
+    Refuses (before writing anything) to write over any path in ``protect`` (the input files)."""
+    if isinstance(destination, dict):
+        missing = [k for k in maps if k not in destination]
+        if missing:
+            raise MRHNetError(f"no output path given for map(s) {', '.join(missing)}")
+        paths = {k: Path(destination[k]) for k in maps}
+    else:
+        folder = Path(destination)
+        if folder.exists() and not folder.is_dir():
+            raise MRHNetError(f"{folder}: output must be a folder")
+        paths = {k: folder / f"{k}{suffix}" for k in maps}
+    guarded = {Path(p).resolve() for p in protect}
+    for k, p in paths.items():
+        if p.resolve() in guarded:
+            raise MRHNetError(f"{p}: is an input file; choose another output folder or suffix")
+        if suffix_of(p) not in (".nii", ".nii.gz", ".nrrd", ".nhdr", ".hdr", ".img"):
+            raise MRHNetError(f"{p}: unknown image format (use .nii.gz, .nii, .nrrd or .hdr)")
+    return {k: write_volume(p, maps[k]) for k, p in paths.items()}
