@@ -354,28 +354,25 @@ class _Dist:
         return self.rank == 0
 
 
-def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto``: CUDA (the local rank's GPU) when present, else CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise MRHNetError(f"device '{name}' requested but CUDA is not available (use --device cpu)")
-        if name == "cuda":
-            name = f"cuda:{local_rank % torch.cuda.device_count()}"
-    elif name != "cpu":
-        raise MRHNetError(f"unknown device '{name}' (use auto, cpu, cuda or cuda:N)")
-    return torch.device(name)
+def _device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto``: CUDA when present, else CPU (:func:`MRHNetLib.infer.resolve_device`); a bare ``cuda``
+    means the local rank's GPU."""
+    from .infer import resolve_device
+
+    device = resolve_device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+    return device
 
 
 def _setup_distributed(config: TrainConfig) -> _Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return _Dist(0, 1, resolve_device(config.device))
+        return _Dist(0, 1, _device(config.device))
     import torch.distributed as dist
 
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(config.device, local)
+    device = _device(config.device, local)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     created = False

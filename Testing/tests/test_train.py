@@ -85,10 +85,16 @@ def test_tiny_network_overfits_tiny_set(tmp_path):
     assert (tmp_path / "af.run" / "log.csv").read_text().splitlines()[0].startswith("epoch,train_loss,val_loss")
 
 
-def test_loss_falls_on_phantom_data(tmp_path):
+@pytest.fixture(scope="module")
+def phantoms():
+    """Two small simulated brains: C1 for training, R2 held out."""
     from MRHNetLib.phantom import simulate_subject
 
-    train_brain, val_brain = simulate_subject("C1", seed=1, size="small"), simulate_subject("R2", seed=2, size="small")
+    return simulate_subject("C1", seed=1, size="small"), simulate_subject("R2", seed=2, size="small")
+
+
+def test_loss_falls_on_phantom_data(tmp_path, phantoms):
+    train_brain, val_brain = phantoms
     config = fast(depth=2, width=16, epochs=4, batch_size=32)
     out = train([train_brain], "af", tmp_path / "af.mrhnet", config, val_subjects=[val_brain])
     log = read_log(tmp_path / "af.run")
@@ -98,6 +104,18 @@ def test_loss_falls_on_phantom_data(tmp_path):
     assert info.training["val_subjects"] == ["R2"] and info.training["subjects"] == ["C1"]
     assert info.protocol.n_channels == 67 and info.protocol.normalisation.target_scale > 0
     assert set(info.protocol.normalisation.reference_scales) == {"dwi_b2000", "dwi_b5000", "t2w", "mt"}
+
+
+def test_train_on_parameter_maps(tmp_path, phantoms):
+    from MRHNetLib.protocol import maps_protocol
+
+    config = fast(epochs=3, batch_size=32, loss="l1")
+    out = train([phantoms[0]], "mbp", tmp_path / "mbp.mrhnet", config, protocol=maps_protocol())
+    info = read_info(out)
+    assert info.protocol.input_kind == "maps" and info.protocol.n_channels == 5 and info.target == "mbp"
+    assert set(info.protocol.normalisation.reference_scales) == {"t2w", "mtr", "fa", "md", "mk"}
+    log = read_log(tmp_path / "mbp.run")
+    assert log[-1]["train_loss"] < log[0]["train_loss"] and info.training["loss"] == "l1"
 
 
 class Kill(Exception):
