@@ -31,6 +31,7 @@ OUTPUT_PATTERN = "mrh_{target}.nii.gz"  # saved map file names inside the subjec
 SIM_FOLDER = "simulated_brain"  # where the simulated brain's maps are saved, under the data folder
 MAX_DEPTH = 3  # how deep subject / model folders are searched under the data folder
 POLL_S = 0.2
+CHUNK_VOXELS = 1024  # voxels per inference chunk: a progress report (and a chance to cancel) after each
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -433,7 +434,7 @@ class WebApp:
         def work(progress):
             from .infer import predict
 
-            return predict(subject, models, device=device, progress=progress)
+            return predict(subject, models, device=device, progress=progress, chunk_voxels=CHUNK_VOXELS)
 
         self._start(f"running {len(models)} model(s) on {subject.name}...", work, self._show_outputs)
 

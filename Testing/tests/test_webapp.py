@@ -114,8 +114,8 @@ def _make_models(data: Path) -> tuple[list[str], str]:
             save_model(data / "models" / f"{target}.mrhnet", MRHNet(protocol.n_channels, 3, width=16),
                        ModelInfo(protocol, 3, target, width=16, description="random test model"))
             run.append(f"data:models/{target}.mrhnet")
-    save_model(data / "models" / "slow.mrhnet", MRHNet(protocol.n_channels, 24, width=64),
-               ModelInfo(protocol, 24, "af", description="slow random model for the cancel check"))
+    save_model(data / "models" / "slow.mrhnet", MRHNet(protocol.n_channels, 12, width=64),
+               ModelInfo(protocol, 12, "af", description="slow random model for the cancel check"))
     return run, "data:models/slow.mrhnet"
 
 
@@ -311,3 +311,46 @@ def test_webapp_in_a_real_browser(tmp_path):
         print(f"cancel took {cancel_s:.2f} s; run of {len(run_models)} models {run_s:.1f} s")
     finally:
         app.stop()
+
+
+# --- the README figure: ``python Testing/tests/test_webapp.py Resources/figures/webapp.png`` ------------
+def make_figure(out: Path, size: str = "medium", overlay: str = "mbp") -> Path:
+    """Screenshot of the app after running the shipped models on the simulated brain (PNG, < 300 KB)."""
+    import tempfile
+
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        data.mkdir()
+        run_models, _ = _make_models(data)
+        shutil.rmtree(data / "models" / "slow.mrhnet")
+        app = AppProcess(data, _free_port(), "--simulated-size", size)
+        try:
+            url = app.wait_ready()
+            with sync_playwright() as pw:
+                browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
+                page = browser.new_page(viewport={"width": 1280, "height": 720})
+                page.goto(url)
+                page.wait_for_selector("#status", timeout=30_000)
+                _wait_status(page, "loaded", 600, app)
+                page.evaluate(f"window.trame.state.set('selected_models', {run_models!r})")
+                page.wait_for_function("!document.querySelector('#run-button').disabled", timeout=60_000)
+                page.click("#run-button")
+                _wait_state(page, "runs", 1, 1200, app)
+                page.evaluate(f"window.trame.state.set('overlay', {overlay!r})")
+                time.sleep(3)
+                png = page.screenshot()
+                browser.close()
+        finally:
+            app.stop()
+    image = Image.open(io.BytesIO(png)).convert("RGB").quantize(colors=192, method=Image.Quantize.MEDIANCUT)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image.save(out, optimize=True)
+    return out
+
+
+if __name__ == "__main__":
+    target = make_figure(Path(sys.argv[1]), *(sys.argv[2:3] or ["medium"]))
+    print(f"{target}: {target.stat().st_size // 1024} KB")
