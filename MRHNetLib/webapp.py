@@ -127,6 +127,33 @@ def available_devices() -> list[str]:
     return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
+def evaluation(subject, maps: dict[str, Any], progress=None) -> tuple[list[list[str]], bytes] | None:
+    """The evaluation report of ``maps`` against the subject's own histology (:mod:`MRHNetLib.evaluate`)
+    as table rows and a PNG figure; None when the subject has no truth for any map."""
+    import tempfile
+
+    from .evaluate import evaluate, figure
+
+    chosen = {t: v for t, v in maps.items() if not t.endswith("_std") and t in subject.targets()}
+    if not chosen:
+        return None
+    ev = evaluate(chosen, subject=subject, progress=progress)
+    rows = [["map", "SSIM", "PSNR dB", "r", "RMSE", "AUC"]]
+    for target, entry in ev.summary["targets"].items():
+        n = entry["network"]
+        rows.append([f"{target.upper()} network", _fmt(n["ssim"]), _fmt(n["psnr_db"], 1), _fmt(n["pearson_r"]),
+                     _fmt(n["rmse"], 2), _fmt(n["auc"])])
+        for name, m in entry["markers"].items():
+            rows.append([f"{name} alone ({m['sign']})", "", "", _fmt(m["pearson_r"]), "", _fmt(m["auc"])])
+    with tempfile.TemporaryDirectory() as tmp:  # the server's own temporary folder, never the data folder
+        png = figure(ev, Path(tmp) / "report.png").read_bytes()
+    return rows, png
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "-" if x is None or x != x else f"{x:.{digits}f}"
+
+
 def figure_data_url(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
@@ -434,13 +461,16 @@ class WebApp:
         def work(progress):
             from .infer import predict
 
-            return predict(subject, models, device=device, progress=progress, chunk_voxels=CHUNK_VOXELS)
+            maps = predict(subject, models, device=device, progress=progress.sub(0.0, 0.85),
+                           chunk_voxels=CHUNK_VOXELS)
+            return maps, evaluation(subject, maps, progress.sub(0.85, 1.0))
 
         self._start(f"running {len(models)} model(s) on {subject.name}...", work, self._show_outputs)
 
-    def _show_outputs(self, maps: dict) -> None:
+    def _show_outputs(self, result: tuple[dict, tuple[list, bytes] | None]) -> None:
         from . import scene
 
+        maps, report = result
         self._maps = dict(maps)
         self._outputs = scene.set_outputs(self.slicer.scene, self._background, maps)
         targets = list(self._outputs)
@@ -448,7 +478,8 @@ class WebApp:
         if self.state.overlay not in targets:
             self.state.overlay = targets[0] if targets else None
         self._show_overlay()
-        self._evaluate()
+        rows, png = report or ([], b"")
+        self.state.eval_rows, self.state.eval_figure = rows, figure_data_url(png) if png else ""
         self.state.status = f"done: {', '.join(t.upper() for t in targets)}"
         self.state.runs += 1
 
@@ -468,17 +499,6 @@ class WebApp:
         scene.show_overlay(self.slicer.scene, self._outputs.get(self.state.overlay), self._background,
                            float(self.state.opacity))
         self.render_views()
-
-    def _evaluate(self) -> None:
-        from .evaluate import evaluation_report
-
-        truth = [t for t in self._maps if t in self._subject.images]
-        if not truth:
-            self.state.eval_rows, self.state.eval_figure = [], ""
-            return
-        rows, png = evaluation_report(self._subject, {t: self._maps[t] for t in truth})
-        self.state.eval_rows = rows
-        self.state.eval_figure = figure_data_url(png) if png else ""
 
     # --- save -------------------------------------------------------------------------------------------
     def save(self) -> None:
@@ -505,6 +525,11 @@ class WebApp:
         if show:
             for view in self.slicer.view_manager.get_threed_views():
                 view.reset_view()
+                camera = view.get_camera_node().GetCamera()  # an oblique look at the three slice planes
+                camera.Azimuth(35)
+                camera.Elevation(25)
+                camera.OrthogonalizeViewUp()
+                view.reset_camera()
         self.render_views()
 
     def render_views(self, **_) -> None:

@@ -274,6 +274,11 @@ def test_webapp_in_a_real_browser(tmp_path):
             _wait_state(page, "runs", 1, 60, app)
             run_s = time.time() - t0
             assert len(_state(page, "overlays")) == len(run_models)
+            # the simulated brain has its histology: the evaluation table and figure are shown
+            rows = _state(page, "eval_rows")
+            targets = sorted(o["value"] for o in _state(page, "overlays"))
+            assert sorted(r[0].split()[0].lower() for r in rows if r[0].endswith("network")) == targets
+            assert page.locator("#eval-figure").evaluate("img => img.naturalWidth") > 100
             deadline, shots = time.time() + 15, before
             while time.time() < deadline:
                 shots = _view_shots(page)
@@ -296,7 +301,6 @@ def test_webapp_in_a_real_browser(tmp_path):
             page.click("#save-button")
             page.wait_for_function("document.querySelector('#saved').innerText.includes('saved')", timeout=20_000)
             saved = sorted(p.name for p in (data / SIM_FOLDER).iterdir())
-            targets = sorted(o["value"] for o in _state(page, "overlays"))
             assert saved == sorted(OUTPUT_PATTERN.format(target=t) for t in targets)
 
             # a request for a path outside the data folder is refused (and nothing is loaded from there)
