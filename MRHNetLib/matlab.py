@@ -525,7 +525,16 @@ class LinearModelFile:
 
     ``terms`` is MATLAB's terms matrix (one row per coefficient, one exponent column per variable,
     the response's column included); :meth:`predict` evaluates the fit on predictor values given in
-    the model's own units (as they were in the fitted table)."""
+    the model's own units (as they were in the fitted table).
+
+    What the original baseline files (``linear_model_MK_normed_tabled_goodsubjs.mat``,
+    ``poly_model_..._goodsubjs.mat``) hold: a first-order fit (intercept + 5 terms, R^2 0.42) and a
+    second-order fit (21 terms with all pairwise products and squares, R^2 0.56) of ``data_tog6`` on
+    ``data_tog1`` ... ``data_tog5``, from 32,536 voxels, with the fitted table itself. What they do not
+    hold: which parameter map each ``data_togK`` is (the "MK" set is T2, MTR, FA, MD, MK, but the order is
+    not recorded) and how each map was normalised before the fit ("normed": values are mostly
+    multiples of 1/255, i.e. 8-bit images scaled to 0..1 with unknown windows). Without these the fits
+    cannot be applied to new parameter maps, so the project does not offer them as comparators."""
 
     path: Path
     formula: str
