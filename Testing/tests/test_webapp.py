@@ -94,7 +94,8 @@ def _free_port() -> int:
 
 def _make_models(data: Path) -> tuple[list[str], str]:
     """Model choices for the run (shipped demo models when present, else small random ones in the data
-    folder) and a deliberately slow model in the data folder for the cancel check."""
+    folder), a deliberately slow model in the data folder for the cancel check, and one whose protocol
+    (10 directions per shell) the simulated brain does not fit."""
     from MRHNetLib.catalog import list_models
     from MRHNetLib.model import MRHNet
     from MRHNetLib.modelfile import ModelInfo, save_model
@@ -116,6 +117,9 @@ def _make_models(data: Path) -> tuple[list[str], str]:
             run.append(f"data:models/{target}.mrhnet")
     save_model(data / "models" / "slow.mrhnet", MRHNet(protocol.n_channels, 12, width=64),
                ModelInfo(protocol, 12, "af", description="slow random model for the cancel check"))
+    other = default_protocol(n_dirs=10)
+    save_model(data / "models" / "other-protocol.mrhnet", MRHNet(other.n_channels, 2, width=8),
+               ModelInfo(other, 2, "af", description="random model of another protocol"))
     return run, "data:models/slow.mrhnet"
 
 
@@ -249,6 +253,12 @@ def test_webapp_in_a_real_browser(tmp_path):
                 assert brain.mean() > 0.05, "brain not visible in a slice view"
                 brains.append(binary_dilation(brain, iterations=4))
 
+            # the protocol check's errors are shown before running, and Run is disabled
+            page.evaluate("window.trame.state.set('selected_models', ['data:models/other-protocol.mrhnet'])")
+            page.wait_for_function("window.trame.state.get('check_errors').length > 0", timeout=20_000)
+            assert "other-protocol" in page.inner_text("#check-errors")
+            assert page.locator("#run-button").is_disabled()
+
             # Cancel stops a run and leaves no outputs (in the scene, on the page, on disk)
             page.evaluate(f"window.trame.state.set('selected_models', [{slow_model!r}])")
             page.wait_for_function("!document.querySelector('#run-button').disabled", timeout=20_000)
@@ -329,7 +339,8 @@ def make_figure(out: Path, size: str = "medium", overlay: str = "mbp") -> Path:
         data = Path(tmp) / "data"
         data.mkdir()
         run_models, _ = _make_models(data)
-        shutil.rmtree(data / "models" / "slow.mrhnet")
+        for extra in ("slow", "other-protocol"):
+            shutil.rmtree(data / "models" / f"{extra}.mrhnet")
         app = AppProcess(data, _free_port(), "--simulated-size", size)
         try:
             url = app.wait_ready()
