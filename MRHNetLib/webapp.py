@@ -132,19 +132,20 @@ def evaluation(subject, maps: dict[str, Any], progress=None) -> tuple[list[list[
     as table rows and a PNG figure; None when the subject has no truth for any map."""
     import tempfile
 
-    from .evaluate import evaluate, figure
+    from .evaluate import MARKERS, evaluate, figure
 
     chosen = {t: v for t, v in maps.items() if not t.endswith("_std") and t in subject.targets()}
     if not chosen:
         return None
-    ev = evaluate(chosen, subject=subject, progress=progress)
-    rows = [["map", "SSIM", "PSNR dB", "r", "RMSE", "AUC"]]
+    # MD only when the subject has it: deriving it is a DTI fit, too slow to run after every Run
+    markers = [m for m in MARKERS if m != "md" or "md" in subject.images]
+    ev = evaluate(chosen, subject=subject, markers=markers, progress=progress)
+    rows = [["map", "SSIM", "r", "AUC"]]
     for target, entry in ev.summary["targets"].items():
         n = entry["network"]
-        rows.append([f"{target.upper()} network", _fmt(n["ssim"]), _fmt(n["psnr_db"], 1), _fmt(n["pearson_r"]),
-                     _fmt(n["rmse"], 2), _fmt(n["auc"])])
+        rows.append([f"{target.upper()} network", _fmt(n["ssim"]), _fmt(n["pearson_r"]), _fmt(n["auc"])])
         for name, m in entry["markers"].items():
-            rows.append([f"{name} alone ({m['sign']})", "", "", _fmt(m["pearson_r"]), "", _fmt(m["auc"])])
+            rows.append([f"{name} alone ({m['sign']})", "", _fmt(m["pearson_r"]), _fmt(m["auc"])])
     with tempfile.TemporaryDirectory() as tmp:  # the server's own temporary folder, never the data folder
         png = figure(ev, Path(tmp) / "report.png").read_bytes()
     return rows, png
