@@ -85,6 +85,23 @@ def test_save_maps_is_atomic_and_never_overwrites_an_input(tmp_path):
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
+def test_app_on_a_subject_folder_and_model_choices_stay_inside(tmp_path):
+    """``mrhnet app SUBJECT`` shows that subject; model choices from the page cannot name files elsewhere."""
+    from MRHNetLib.phantom import simulate_subject
+    from MRHNetLib.webapp import SIMULATED, WebApp
+
+    subject = tmp_path / "mouse"
+    simulate_subject("C1", seed=1, size="small").save(subject)
+    outside = tmp_path / "elsewhere.mrhnet"
+    outside.mkdir()
+    app = WebApp(subject)
+    assert [s["value"] for s in app.state.subjects] == [SIMULATED, "."]
+    assert app.state.subject == "."
+    for bad in ("data:../elsewhere.mrhnet", f"data:{outside}", f"shipped:{outside}", "shipped:../x", str(outside)):
+        with pytest.raises(MRHNetError):
+            app.model_path(bad)
+
+
 # --- the app in a real browser ----------------------------------------------------------------------
 def _free_port() -> int:
     with socket.socket() as s:
