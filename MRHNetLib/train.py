@@ -696,8 +696,8 @@ def _fit(train_set: SampleSet, val_set: SampleSet, protocol: Protocol, summary: 
             plot_log(run_dir)
     if dist.world > 1:
         torch.distributed.barrier()
-    progress.update(1.0, f"saved {out.name}" + (f" (val {final.get('val_loss'):.4g})"
-                                                 if final.get("val_loss") is not None else ""))
+    val = best["loss"] if use_best else final.get("val_loss")
+    progress.update(1.0, f"saved {out.name}" + (f" (val {val:.4g})" if val is not None else ""))
     return out
 
 
