@@ -106,6 +106,9 @@ def save_model(path: str | os.PathLike, net: MRHNet, info: ModelInfo) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-" + path.name + "-", dir=path.parent))
     try:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700; a model folder is meant to be shared
         state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
         meta = info.to_dict()
