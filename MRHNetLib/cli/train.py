@@ -52,8 +52,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default="af", help="target role in the subject folders: af, nf, mbp or your "
                                                   "own name (file TARGET.nii.gz); default af")
     p.add_argument("--out", metavar="MODEL.mrhnet", help="model folder to write")
-    p.add_argument("--val", nargs="+", metavar="SUBJECT_DIR", help="held-out validation subject folders "
-                                                                 "(default: the last --val-samples samples)")
+    p.add_argument("--val", nargs="+", metavar="SUBJECT_DIR", help="held-out validation subject folders, given "
+                   "after the training folders (default: the last --val-samples samples)")
     p.add_argument("--run-dir", metavar="DIR", help="checkpoints and logs (default: MODEL.run beside --out)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in the run folder")
     g = p.add_argument_group("training options")
