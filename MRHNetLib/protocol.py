@@ -25,6 +25,7 @@ MAP_ROLES = ("t2w", "mtr", "fa", "md", "mk")
 TARGET_ROLES = ("af", "nf", "mbp")
 PLANES = {"sagittal": 0, "coronal": 1, "axial": 2}  # the RAS axis normal to each plane
 NOMINAL_B = {"dwi_b2000": 2000.0, "dwi_b5000": 5000.0}
+B0_MAX = 100.0  # s/mm^2: volumes below this count as unweighted (b0)
 
 
 @dataclass
@@ -140,8 +141,8 @@ class Protocol:
         for role in self.roles():
             if role in DWI_ROLES:
                 b, _ = self.shell(role)
-                n0 = int((b < 100).sum())
-                lines.append(f"  {role}: {len(b)} volumes ({n0} b0, {len(b) - n0} at b~{np.median(b[b >= 100]):.0f})")
+                n0 = int((b < B0_MAX).sum())
+                lines.append(f"  {role}: {len(b)} volumes ({n0} b0, {len(b) - n0} at b~{np.median(b[b >= B0_MAX]):.0f})")
             else:
                 lines.append(f"  {role}")
         return "\n".join(lines)
@@ -157,7 +158,7 @@ def fibonacci_directions(n: int) -> np.ndarray:
 
 
 def dwi_channels(role: str, bvals: np.ndarray, bvecs: np.ndarray) -> list[Channel]:
-    return [Channel(role, float(b), tuple(float(x) for x in (g if b >= 100 else (0.0, 0.0, 0.0))))
+    return [Channel(role, float(b), tuple(float(x) for x in (g if b >= B0_MAX else (0.0, 0.0, 0.0))))
             for b, g in zip(bvals, bvecs)]
 
 
@@ -217,7 +218,8 @@ def check_compatible(model: Protocol, subject: Protocol, angle_tol_deg: float = 
                      voxel_tol: float = 0.2) -> None:
     """Raise :class:`MRHNetError` with one line saying how ``subject`` does not fit ``model``.
 
-    Directions are compared up to sign; b-values within ``b_tol`` relative (b0 below 100 s/mm^2).
+    Directions are compared up to sign; b-values within ``b_tol`` relative; any two b0 volumes (below
+    ``B0_MAX``) match, whatever their nominal or effective b-value.
     A subject that differs only in its gradient directions gets a message naming ``--adapt-protocol``."""
     if model.input_kind != subject.input_kind:
         raise MRHNetError(f"model expects {model.input_kind} inputs, subject provides {subject.input_kind}")
@@ -232,9 +234,10 @@ def check_compatible(model: Protocol, subject: Protocol, angle_tol_deg: float = 
         sb, sg = subject.shell(role)
         if len(mb) != len(sb):
             raise MRHNetError(f"{role}: model expects {len(mb)} volumes, subject has {len(sb)}")
-        mb0, sb0 = mb < 100, sb < 100
-        if (mb0 != sb0).any() or np.any(np.abs(sb - mb) > b_tol * np.maximum(mb, 100)):
-            k = int(np.argmax((mb0 != sb0) | (np.abs(sb - mb) > b_tol * np.maximum(mb, 100))))
+        mb0, sb0 = mb < B0_MAX, sb < B0_MAX
+        bad = (mb0 != sb0) | (~mb0 & (np.abs(sb - mb) > b_tol * mb))  # any two b0 values match
+        if bad.any():
+            k = int(np.argmax(bad))
             raise MRHNetError(f"{role}: volume {k} has b={sb[k]:.0f} s/mm^2, model expects b={mb[k]:.0f}")
         cos = np.abs((mg[~mb0] * sg[~sb0]).sum(axis=1)).clip(0, 1)
         worst = float(np.degrees(np.arccos(cos.min()))) if len(cos) else 0.0

@@ -119,9 +119,6 @@ def test_default_protocol_subject_is_refused_by_the_original_network(tmp_path, c
     assert sc.scene_signature(scene) == before
 
 
-@pytest.mark.xfail(strict=True, raises=MRHNetError, reason="protocol.check_compatible compares b0 b-values within 10 % of "
-                   "max(b, 100): a b0 written as 0 (as most converters do) is refused against the original "
-                   "method files' effective b0 of 43 s/mm^2, although both are below the b0 threshold of 100")
 def test_original_protocol_with_b0_written_as_zero_is_accepted(original_subject):
     folder, _ = original_subject
     subject = load_subject(folder)
