@@ -99,7 +99,7 @@ def test_slicer_scene_inference_gives_the_cli_map(original_subject):
 
 def test_default_protocol_subject_is_refused_by_the_original_network(tmp_path, capsys):
     subject = simulate_subject("C1", size="small")  # default 67 channels: b=2000/5000, other directions
-    with pytest.raises(MRHNetError, match=r"dwi_b2000: .*(b=|gradient directions)") as refused:
+    with pytest.raises(MRHNetError, match=r"dwi_b2000: gradient directions differ.*--adapt-protocol") as refused:
         check_subject(subject, MODEL)
     message = str(refused.value)
     folder = subject.save(tmp_path / "default")
@@ -114,7 +114,7 @@ def test_default_protocol_subject_is_refused_by_the_original_network(tmp_path, c
     slicer.mrmlScene = scene
     nodes = sc.add_subject_nodes(scene, subject, "brainD")
     before = sc.scene_signature(scene)
-    with pytest.raises(MRHNetError, match=r"dwi_b2000: .*(b=|gradient directions)"):
+    with pytest.raises(MRHNetError, match=r"dwi_b2000: gradient directions differ.*--adapt-protocol"):
         sc.SceneInference(scene, [MODEL], device="cpu", **{r: nodes[r] for r in INPUT_ROLES})
     assert sc.scene_signature(scene) == before
 
