@@ -120,6 +120,7 @@ def test_default_protocol_subject_is_refused_by_the_original_network(tmp_path, c
 
 
 def test_original_protocol_with_b0_written_as_zero_is_accepted(original_subject):
+    """Most converters write b0 as 0; the method files record an effective b0 of 43.5 s/mm^2."""
     folder, _ = original_subject
     subject = load_subject(folder)
     for role, dwi in list(subject.dwi.items()):
