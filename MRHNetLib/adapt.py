@@ -118,9 +118,21 @@ def adapt_shell(data: np.ndarray, source: Gradients, model_bvals: np.ndarray, mo
     return out
 
 
+def same_table(source: Gradients, bvals: np.ndarray, bvecs: np.ndarray, angle_tol_deg: float = 5.0) -> bool:
+    """True when a subject shell already matches the model's (b0 pattern, b-values, directions up to sign)."""
+    if len(source.bvals) != len(bvals):
+        return False
+    s0, m0 = source.bvals < B0_LIMIT, np.asarray(bvals) < B0_LIMIT
+    if (s0 != m0).any() or np.any(np.abs(source.bvals - bvals) > B_TOL * np.maximum(bvals, 100)):
+        return False
+    cos = np.abs((source.bvecs[~s0] * np.asarray(bvecs)[~m0]).sum(axis=1))
+    return bool(len(cos) == 0 or cos.min() >= np.cos(np.radians(angle_tol_deg)))
+
+
 def adapt_subject(subject, model: Protocol, order: int | None = None, progress=None):
     """A copy of ``subject`` whose DWI shells are re-expressed on ``model``'s gradient tables (other
-    images shared, not copied). Shells the model does not use are dropped."""
+    images shared, not copied). Shells that already match are kept as they are; shells the model does
+    not use are dropped."""
     from .subject import DWI, Subject
 
     prog = as_progress(progress)
@@ -131,6 +143,9 @@ def adapt_subject(subject, model: Protocol, order: int | None = None, progress=N
             raise MRHNetError(f"{subject.name}: lacks the {role} shell that the model needs")
         d = subject.dwi[role]
         bvals, bvecs = model.shell(role)
+        if same_table(d.gradients, bvals, bvecs):
+            out.dwi[role] = d
+            continue
         data = adapt_shell(d.volume.data, d.gradients, bvals, bvecs, order, progress=prog.sub(k / len(roles), (k + 1) / len(roles)),
                            role=role)
         out.dwi[role] = DWI(d.volume.with_data(data), Gradients(bvals, bvecs))

@@ -60,12 +60,19 @@ class PatchNet:
         if self.device.type != "cuda":
             yield
             return
-        old = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = self.precision == "tf32"
+        mm = torch.backends.cuda.matmul
+        if hasattr(mm, "fp32_precision"):  # torch >= 2.9
+            old, mm.fp32_precision = mm.fp32_precision, ("tf32" if self.precision == "tf32" else "ieee")
+            try:
+                yield
+            finally:
+                mm.fp32_precision = old
+            return
+        old, mm.allow_tf32 = mm.allow_tf32, self.precision == "tf32"
         try:
             yield
         finally:
-            torch.backends.cuda.matmul.allow_tf32 = old
+            mm.allow_tf32 = old
 
     def conv(self, x: torch.Tensor, layer: int, out: torch.Tensor | None = None) -> torch.Tensor:
         """One 3 x 3 'same' convolution of (P, P, N, C_in) patches -> (P, P, N, C_out), added to ``out``

@@ -25,7 +25,7 @@ from .modelfile import LoadedModel, ModelInfo, load_model, read_info
 from .model import MRHNet
 from .protocol import check_compatible, plane_axes
 
-DEFAULT_CHUNK = 4096
+DEFAULT_CHUNK = 2048  # voxels per chunk (per worker thread on the CPU)
 VOXEL_TOL = 0.2  # relative voxel-size difference beyond which resampling is needed (as check_compatible)
 
 
@@ -133,11 +133,27 @@ def patch_batch(stack: torch.Tensor, centres: torch.Tensor, shape: Sequence[int]
     return x.masked_fill_(~valid.unsqueeze(-1), 0.0)
 
 
+def _run_chunk(pn: PatchNet, flat: torch.Tensor, centres: torch.Tensor, shape, axes, half_patch: int,
+               single_thread: bool) -> torch.Tensor:
+    if single_thread:
+        torch.set_num_threads(1)  # per worker thread (OpenMP settings are per thread)
+    return pn(patch_batch(flat, centres, shape, axes, half_patch))
+
+
 def predict_voxels(net: MRHNet | PatchNet, stack: np.ndarray | torch.Tensor, centres: np.ndarray,
                    axes: tuple[int, int, int], half_patch: int = 1, *, device: str | torch.device = "cpu",
-                   precision: str = "fp32", chunk_voxels: int = DEFAULT_CHUNK, progress=None) -> np.ndarray:
+                   precision: str = "fp32", chunk_voxels: int = DEFAULT_CHUNK, workers: int | None = None,
+                   progress=None) -> np.ndarray:
     """Network output (centre of each voxel's patch) at flat voxel indices ``centres`` of a (C, X, Y, Z)
-    normalised ``stack``: (N,) float32. Chunks of ``chunk_voxels`` bound the memory."""
+    normalised ``stack``: (N,) float32.
+
+    Chunks of ``chunk_voxels`` bound the memory. On the CPU, chunks run on ``workers`` threads (default:
+    torch's thread count) that each compute single-threaded: no synchronisation inside a chunk, which
+    keeps the throughput when other programs share the cores. Progress and cancellation are handled on
+    the calling thread."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
     prog = as_progress(progress)
     dev = resolve_device(device)
     pn = net if isinstance(net, PatchNet) else PatchNet(net, dev, precision)
@@ -153,16 +169,36 @@ def predict_voxels(net: MRHNet | PatchNet, stack: np.ndarray | torch.Tensor, cen
     out = torch.empty(len(idx), dtype=torch.float32, device=pn.device)
     chunk = max(1, int(chunk_voxels))
     total = len(idx)
-    for start in range(0, total, chunk):
-        c = idx[start:start + chunk]
-        out[start:start + len(c)] = pn(patch_batch(flat, c, shape, axes, half_patch))
-        prog.update(min(start + chunk, total) / max(total, 1), f"{min(start + chunk, total):,} / {total:,} voxels")
+    starts = list(range(0, total, chunk))
+    n_workers = 1 if pn.device.type != "cpu" else max(1, int(workers or torch.get_num_threads()))
+    single = n_workers > 1
+    pending: deque = deque()
+    done = 0
+    with ThreadPoolExecutor(n_workers) as pool:
+        try:
+            for i, start in enumerate(starts):
+                c = idx[start:start + chunk]
+                if n_workers == 1:
+                    out[start:start + len(c)] = pn(patch_batch(flat, c, shape, axes, half_patch))
+                    done += len(c)
+                    prog.update(done / total, f"{done:,} / {total:,} voxels")
+                    continue
+                pending.append((start, len(c), pool.submit(_run_chunk, pn, flat, c, shape, axes, half_patch, single)))
+                while pending and (len(pending) > n_workers or i == len(starts) - 1):
+                    s0, n0, fut = pending.popleft()
+                    out[s0:s0 + n0] = fut.result()
+                    done += n0
+                    prog.update(done / total, f"{done:,} / {total:,} voxels")
+        finally:
+            for _, _, fut in pending:
+                fut.cancel()
     return out.cpu().numpy()
 
 
 def predict_array(net: MRHNet | PatchNet, stack: np.ndarray | torch.Tensor, mask: np.ndarray,
                   axes: tuple[int, int, int], half_patch: int = 1, *, device: str | torch.device = "cpu",
-                  precision: str = "fp32", chunk_voxels: int = DEFAULT_CHUNK, progress=None) -> np.ndarray:
+                  precision: str = "fp32", chunk_voxels: int = DEFAULT_CHUNK, workers: int | None = None,
+                  progress=None) -> np.ndarray:
     """(X, Y, Z) map: the network's patch-centre output at every voxel of ``mask``, zero elsewhere.
 
     ``stack``: (C, X, Y, Z) normalised input; ``axes``: (slice_axis, row_axis, col_axis) from
@@ -173,7 +209,7 @@ def predict_array(net: MRHNet | PatchNet, stack: np.ndarray | torch.Tensor, mask
     centres = np.flatnonzero(mask)
     out = np.zeros(mask.size, dtype=np.float32)
     out[centres] = predict_voxels(net, stack, centres, axes, half_patch, device=device, precision=precision,
-                                  chunk_voxels=chunk_voxels, progress=progress)
+                                  chunk_voxels=chunk_voxels, workers=workers, progress=progress)
     return out.reshape(mask.shape)
 
 

@@ -30,7 +30,7 @@ def register(subparsers) -> None:
     p.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32",
                    help="fp32 (exact; default), tf32 (CUDA tensor cores) or bf16")
     p.add_argument("--chunk-voxels", type=int, default=None, metavar="N",
-                   help="voxels per chunk (memory is bounded by this; default 4096)")
+                   help="voxels per chunk (memory is bounded by this; default 2048 per CPU thread)")
     p.set_defaults(func=run)
 
 
