@@ -13,8 +13,8 @@ from typing import Annotated, Optional, Union
 import qt
 import slicer
 import vtk
-from slicer import (vtkMRMLDiffusionWeightedVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode,
-                    vtkMRMLSequenceNode, vtkMRMLVectorVolumeNode)
+from slicer import (vtkMRMLDiffusionWeightedVolumeNode, vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode,
+                    vtkMRMLSegmentationNode, vtkMRMLSequenceNode, vtkMRMLVectorVolumeNode)
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
@@ -25,7 +25,11 @@ from slicer.util import VTKObservationMixin
 README_URL = "https://github.com/SlicerMRHNet/SlicerMRHNet#readme"
 INPUT_ROLES = ("t2w", "mt_on", "mt_off", "dwi_b2000", "dwi_b5000", "fa")
 SHIPPED = ("af", "nf", "mbp")
+# Union types: the parameterNodeWrapper sets each selector's nodeTypes from these (overriding the .ui)
 DwiNode = Union[vtkMRMLDiffusionWeightedVolumeNode, vtkMRMLVectorVolumeNode, vtkMRMLSequenceNode]
+MaskNode = Union[vtkMRMLScalarVolumeNode, vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]
+# import names of the engine's requirements (Resources/requirements.txt) and torch
+PACKAGES = ("torch", "safetensors", "nibabel", "nrrd", "dipy", "skimage", "sklearn", "tqdm", "matplotlib")
 
 
 def ensureLibraryPath():
@@ -34,11 +38,6 @@ def ensureLibraryPath():
     for folder in (here, os.path.dirname(here)):
         if os.path.isdir(os.path.join(folder, "MRHNetLib")) and folder not in sys.path:
             sys.path.insert(0, folder)
-
-
-#
-# MRHNet
-#
 
 
 class MRHNet(ScriptedLoadableModule):
@@ -63,16 +62,19 @@ def registerSampleData():
     """'MRHNet phantom brain' in Sample Data: generated locally by the engine (nothing is downloaded)."""
     import SampleData
 
+    # SampleData's button calls customDownloader(source) instead of downloading the (placeholder) uri
     icon = os.path.join(os.path.dirname(__file__), "Resources", "Icons", "MRHNet.png")
     SampleData.SampleDataLogic.registerCustomSampleDataSource(
         category="MRHNet", sampleName="MRHNet phantom brain", uris=["mrhnet:phantom"],
         fileNames=["MRHNetPhantomBrain"], nodeNames=["MRHNet phantom brain"], thumbnailFileName=icon,
-        customDownloader=lambda source: list(MRHNetLogic().loadPhantom().values()))
+        customDownloader=loadSampleBrain)
 
 
-#
-# Parameter node
-#
+def loadSampleBrain(source=None) -> None:
+    with slicer.util.tryWithErrorDisplay(_("Could not create the MRHNet phantom brain."), waitCursor=True):
+        logic = MRHNetLogic()
+        logic.ensureDependencies()
+        logic.selectInputs(logic.getParameterNode(), logic.loadPhantom())
 
 
 @parameterNodeWrapper
@@ -85,7 +87,7 @@ class MRHNetParameterNode:
     dwiB2000Gradients: pathlib.Path = pathlib.Path("")  # .bval/.bvec or gx gy gz b table for a 4D volume
     dwiB5000Gradients: pathlib.Path = pathlib.Path("")
     fa: Optional[vtkMRMLScalarVolumeNode]
-    mask: Optional[Union[vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode]]
+    mask: Optional[MaskNode]
     useAF: bool = True
     useNF: bool = True
     useMBP: bool = True
@@ -100,11 +102,6 @@ class MRHNetParameterNode:
     fineTuneFrom: Annotated[str, Choice(["", "af", "nf", "mbp"])] = ""  # shipped model; "": a new network
     fineTuneFile: pathlib.Path = pathlib.Path("")  # or any model folder
     modelOutput: pathlib.Path = pathlib.Path("")
-
-
-#
-# Widget
-#
 
 
 class MRHNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -123,6 +120,7 @@ class MRHNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._checkTimer.setSingleShot(True)
         self._checkTimer.setInterval(400)
         self._checkTimer.connect("timeout()", self.updateModelInfo)
+        self._checked = None  # inputs and models the model info was last computed for
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -145,17 +143,13 @@ class MRHNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
+        self.onCancel()
         self.removeObservers()
         self._timer.stop()
+        self._checkTimer.stop()
 
     def enter(self) -> None:
         self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterChanged)
 
     def onSceneStartClose(self, caller, event) -> None:
         self.onCancel()
@@ -167,14 +161,23 @@ class MRHNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.t2w:
-            self._parameterNode.t2w = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+        if not self._parameterNode.t2w:  # a plain scalar volume, not a DWI/labelmap subclass or an output
+            self._parameterNode.t2w = next((n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+                                            if n.GetClassName() == "vtkMRMLScalarVolumeNode"
+                                            and not n.GetAttribute("MRHNet.Output")), None)
 
     def setParameterNode(self, node) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterChanged)
-        self._parameterNode = node
+        """The GUI stays bound while the module is hidden: Slicer 5.8's connectGui returns no tag (so
+        disconnectGui cannot work), and binding twice would let the old combo-box connectors reset the
+        choices when the new ones refill the boxes."""
+        old = self._parameterNode
+        if node is not None and old is not None and node.parameterNode is old.parameterNode:
+            return
+        if old:
+            if self._parameterNodeGuiTag is not None:
+                old.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(old, vtk.vtkCommand.ModifiedEvent, self.onParameterChanged)
+        self._parameterNode, self._parameterNodeGuiTag, self._checked = node, None, None
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterChanged)
@@ -187,7 +190,12 @@ class MRHNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.extraModelsList.clear()
         for path in self.logic.extraModelPaths(p):
             self.ui.extraModelsList.addItem(path)
-        self._checkTimer.start()
+        key = p and (tuple(n.GetID() if n else "" for n in self.logic.inputNodes(p).values()),
+                     str(p.dwiB2000Gradients), str(p.dwiB5000Gradients), p.mask and p.mask.GetID(),
+                     tuple(self.logic.selectedModels(p)))
+        if key != self._checked:  # reading the volumes again only when the selection changed
+            self._checked = key
+            self._checkTimer.start()
 
     def updateModelInfo(self) -> None:
         """Each chosen model's protocol and training, and the engine's check of the inputs against it."""
@@ -255,6 +263,8 @@ class MRHNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if work is None:
             self._timer.stop()
             return
+        # PythonQt (no thread support) keeps the GIL on the idle main thread: let the worker run meanwhile
+        time.sleep(0.06)
         for event in work.poll():
             if event.kind == "progress":
                 self.ui.progressBar.value = int(100 * event.fraction)
@@ -282,11 +292,6 @@ class MRHNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = _("cancelled: the scene is unchanged")
 
 
-#
-# Logic
-#
-
-
 class MRHNetLogic(ScriptedLoadableModuleLogic):
     """Console API (Slicer's Python console)::
 
@@ -312,31 +317,31 @@ class MRHNetLogic(ScriptedLoadableModuleLogic):
     # --- dependencies ----------------------------------------------------------------------
     def ensureDependencies(self) -> None:
         """Install torch (via SlicerPyTorch when present) and the engine's requirements, after asking."""
-        missing = [name for name in ("torch", "safetensors", "nibabel", "nrrd", "dipy", "skimage", "sklearn", "tqdm")
-                   if not _importable(name)]
+        missing = [name for name in PACKAGES if not _importable(name)]
         if not missing:
             return
         if not slicer.util.confirmOkCancelDisplay(
                 _("MRHNet needs Python packages that are not installed yet ({names}). Install them now? "
                   "This downloads several hundred MB and may take minutes.").format(names=", ".join(missing))):
             raise RuntimeError(_("MRHNet cannot run without its Python packages."))
-        if "torch" in missing:
-            try:
-                import PyTorchUtils
-
-                if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=">=2.1") is None:
-                    raise RuntimeError(_("PyTorch installation failed; use the PyTorch Utils module, then restart."))
-            except ImportError:
-                slicer.util.pip_install("torch>=2.1")
         requirements = self.resourcePath("requirements.txt")
         try:
-            if hasattr(slicer, "packaging"):
-                slicer.packaging.pip_ensure(slicer.packaging.load_requirements(requirements), requester="MRHNet")
-            else:
+            if "torch" in missing:
+                try:
+                    import PyTorchUtils  # the PyTorch extension: picks the CUDA build for the driver
+                except ImportError:
+                    slicer.util.pip_install("torch>=2.1")
+                else:
+                    PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=">=2.1")
+            try:
+                import slicer.packaging as packaging  # Slicer 5.11+
+            except ImportError:
                 slicer.util.pip_install(["-r", requirements])
+            else:  # the user was asked above
+                packaging.pip_ensure(packaging.load_requirements(requirements), prompt_install=False, requester="MRHNet")
         except Exception as exc:
             raise RuntimeError(_("Installing MRHNet's packages failed ({error}). Restart Slicer and try again, "
-                                 "or install them with pip_install from the Python console.").format(error=exc))
+                               "or install them with slicer.util.pip_install from the Python console.").format(error=exc))
 
     def resourcePath(self, relativePath: str) -> str:
         return os.path.join(os.path.dirname(__file__), "Resources", relativePath)
@@ -467,11 +472,6 @@ def _importable(name: str) -> bool:
 
 def _given(path) -> bool:
     return str(path or "") not in ("", ".")
-
-
-#
-# Test
-#
 
 
 class MRHNetTest(ScriptedLoadableModuleTest):
