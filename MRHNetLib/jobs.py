@@ -163,29 +163,6 @@ class Job:
             raise Cancelled(f"job '{self.name}' was cancelled")
         return self.output
 
-    @property
-    def done(self) -> bool:
-        """Poll, then say whether the job has ended (done, failed or cancelled)."""
-        if not self.finished and self.state != PENDING:
-            self.poll()
-        return self.finished
-
-    @property
-    def progress(self) -> tuple[float, str]:
-        """Poll, then the latest (fraction, message)."""
-        self.done  # noqa: B018 - polls
-        return self.fraction, self.message
-
-    def result(self) -> Any:
-        """The output of a finished job; MRHNetError if it failed or has not finished, Cancelled if cancelled."""
-        if not self.done:
-            raise MRHNetError(f"job '{self.name}' has not finished")
-        if self.state == FAILED:
-            raise MRHNetError(self.error or "job failed")
-        if self.state == CANCELLED:
-            raise Cancelled(f"job '{self.name}' was cancelled")
-        return self.output
-
     def emit(self, payload: Any, message: str = "") -> None:
         """Send a data event from inside a thread-mode worker (process workers use ``emit_as``)."""
         self._queue.put(("data", 0.0, message, payload))

@@ -423,7 +423,9 @@ def to_mrhnet(dag: DAGFile, plan: MRHNetPlan | None = None):
     plan = plan or match_mrhnet(dag)
     net = MRHNet(plan.in_channels, plan.depth, plan.width)
     with torch.no_grad():
-        for lay, conv in zip(plan.convs, net.convs(), strict=True):
+        if len(plan.convs) != len(net.convs()):
+            raise MRHNetError(f"{len(plan.convs)} convolutions in the file but {len(net.convs())} in the network")
+        for lay, conv in zip(plan.convs, net.convs()):
             w, b = lay.conv_arrays()
             conv.weight.copy_(torch.from_numpy(np.ascontiguousarray(w.transpose(3, 2, 0, 1))))
             conv.bias.copy_(torch.from_numpy(b))
