@@ -9,7 +9,7 @@ import torch
 from MRHNetLib.errors import Cancelled, MRHNetError
 from MRHNetLib.fastconv import PatchNet
 from MRHNetLib.infer import check_subject, predict, predict_array, resolve_device, write_maps
-from MRHNetLib.io import Gradients, Volume, read_volume
+from MRHNetLib.io import Volume, read_volume
 from MRHNetLib.model import MRHNet
 from MRHNetLib.modelfile import LoadedModel, ModelInfo, save_model
 from MRHNetLib.phantom import simulate_subject
