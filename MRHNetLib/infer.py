@@ -88,6 +88,8 @@ def check_subject(subject, model: LoadedModel | ModelInfo | str | os.PathLike, *
     refuse ``subject`` for ``model``: channel roles and count, b-values, gradient directions (unless
     ``adapt_protocol``), voxel size (when ``resample`` is False)."""
     info = _info(model)
+    label = model.name if isinstance(model, LoadedModel) else \
+        (Path(str(model)).name if isinstance(model, (str, os.PathLike)) else info.target)
     mp = info.protocol
     sp = subject.protocol(mp.input_kind)
     sp.voxel_size_mm = None  # checked here, per axis
@@ -104,7 +106,7 @@ def check_subject(subject, model: LoadedModel | ModelInfo | str | os.PathLike, *
     try:
         check_compatible(mp, sp)
     except MRHNetError as exc:
-        raise MRHNetError(f"{subject.name} vs model {getattr(model, 'name', info.target)}: {exc}") from None
+        raise MRHNetError(f"{subject.name} vs model {label}: {exc}") from None
     if mp.patch_size > min(subject.shape):
         raise MRHNetError(f"{subject.name}: volume {subject.shape} is smaller than the {mp.patch_size}-voxel patch")
 
