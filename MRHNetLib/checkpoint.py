@@ -10,45 +10,18 @@ whose tensors are replaced by ``{"__tensor__": key}`` references, and rebuilt by
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .errors import MRHNetError
+from .files import atomic_write_bytes, atomic_write_text, sha256_file
 
 STATE = "checkpoint.json"
 FORMAT = "mrhnet-checkpoint"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def flatten(obj: Any, tensors: dict[str, torch.Tensor], prefix: str = "") -> Any:
@@ -96,14 +69,6 @@ def unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return {(int(k) if k in int_keys else k): unflatten(v, tensors) for k, v in obj.items() if k != "__int_keys__"}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save_checkpoint(folder: str | os.PathLike, state: dict[str, Any], tag: str) -> Path:
     """Store ``state`` (any nesting of dicts, lists, tuples, numbers, strings, tensors, small numpy
     arrays) as checkpoint ``tag``; returns the path of ``checkpoint.json``."""
@@ -115,7 +80,7 @@ def save_checkpoint(folder: str | os.PathLike, state: dict[str, Any], tag: str) 
     tree = flatten(state, tensors)
     name = f"ckpt-{tag}.safetensors"
     atomic_write_bytes(folder / name, save(tensors, metadata={"format": FORMAT}))
-    meta = {"format": FORMAT, "tensors": name, "sha256": _sha256(folder / name), "state": tree}
+    meta = {"format": FORMAT, "tensors": name, "sha256": sha256_file(folder / name), "state": tree}
     atomic_write_text(folder / STATE, json.dumps(meta))
     for old in folder.glob("ckpt-*.safetensors"):
         if old.name != name:
@@ -145,7 +110,7 @@ def load_checkpoint(folder: str | os.PathLike) -> dict[str, Any]:
     tensor_path = folder / Path(meta["tensors"]).name
     if not tensor_path.is_file():
         raise MRHNetError(f"{tensor_path}: checkpoint tensors are missing")
-    if _sha256(tensor_path) != meta.get("sha256"):
+    if sha256_file(tensor_path) != meta.get("sha256"):
         raise MRHNetError(f"{tensor_path}: SHA-256 does not match {STATE}: the checkpoint was modified or damaged")
     try:
         tensors = load_file(str(tensor_path), device="cpu")

@@ -30,6 +30,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .errors import MRHNetError, as_progress
+from .files import atomic_write_text
 from .io import Volume
 
 MARKERS = ("fa", "mtr", "t2w", "md")
@@ -214,8 +215,8 @@ class Evaluation:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         paths = {"json": folder / "report.json", "md": folder / "report.md", "png": folder / "report.png"}
-        _atomic_text(paths["json"], json.dumps(_jsonable(self.summary), indent=1))
-        _atomic_text(paths["md"], markdown(self.summary))
+        atomic_write_text(paths["json"], json.dumps(_jsonable(self.summary), indent=1))
+        atomic_write_text(paths["md"], markdown(self.summary))
         tmp = paths["png"].with_name(".tmp-report.png")
         try:
             figure(self, tmp)
@@ -223,12 +224,6 @@ class Evaluation:
         finally:
             tmp.unlink(missing_ok=True)
         return paths
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _jsonable(x):

@@ -20,7 +20,6 @@ coronal slices (left-right), the second the inferior-superior axis.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from collections import defaultdict
@@ -31,6 +30,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .errors import MRHNetError, Progress, ProgressCallback, as_progress
+from .files import sha256_file
 from .protocol import Normalisation, Protocol
 
 ORIGINAL_VOXEL_MM = 0.0625
@@ -460,14 +460,6 @@ def original_protocol(mt_order: str = "t2w,mt_off,mt_on", method_files: Iterable
     return proto, acq
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def import_matlab(mat_path: str | os.PathLike, out_path: str | os.PathLike, mt_order: str = "t2w,mt_off,mt_on",
                   method_files: Iterable[str | os.PathLike] | None = None, target: str = "af",
                   description: str | None = None,
@@ -508,7 +500,7 @@ def import_matlab(mat_path: str | os.PathLike, out_path: str | os.PathLike, mt_o
                                                              f"patches of targets / their maximum)"
                                                              if "final_training_rmse" in dag.training else ""),
                   **dag.training},
-        provenance={"source_file": mat_path.name, "source_sha256": _sha256(mat_path), "trained_by": TRAINED_BY,
+        provenance={"source_file": mat_path.name, "source_sha256": sha256_file(mat_path), "trained_by": TRAINED_BY,
                     "license": LICENSE, "citation": CITATION, "matlab_variable": dag.variable,
                     "matlab_layers": len(dag.layers), "layer_map": plan.layer_map(),
                     "conversion": "weights h x w x in x out -> out x in x h x w, no flip (MATLAB convolution "

@@ -9,7 +9,6 @@ archive, is refused with a clear error.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 
 from .errors import MRHNetError
+from .files import sha256_file
 from .model import MRHNet
 from .protocol import Protocol
 
@@ -87,14 +87,6 @@ class LoadedModel:
             (self.path.name if self.path else "model")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save_model(path: str | os.PathLike, net: MRHNet, info: ModelInfo) -> Path:
     """Write ``path`` (a ``.mrhnet`` folder) atomically: built in a temporary folder, then renamed into place."""
     from safetensors.torch import save_file
@@ -112,7 +104,7 @@ def save_model(path: str | os.PathLike, net: MRHNet, info: ModelInfo) -> Path:
         state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
         meta = info.to_dict()
-        meta["weights_sha256"] = _sha256(tmp / WEIGHTS)
+        meta["weights_sha256"] = sha256_file(tmp / WEIGHTS)
         (tmp / META).write_text(json.dumps(meta, indent=1))
         if path.exists():  # swap: the old model stays whole until the new one is in place
             old = path.with_name(path.name + ".old")
@@ -165,7 +157,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
                           f"convert the weights to safetensors")
     meta = json.loads((path / META).read_text())
     expected = meta.get("weights_sha256")
-    if expected and expected != _sha256(weights):
+    if expected and expected != sha256_file(weights):
         raise MRHNetError(f"{weights}: SHA-256 does not match model.json: the file was modified or damaged")
     try:
         state = load_file(str(weights), device="cpu")

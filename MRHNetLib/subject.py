@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import MRHNetError
-from .io import Gradients, Volume, read_dwi, read_volume, suffix_of, write_fsl_gradients, write_volume
-from .protocol import (DWI_ROLES, IMAGE_ROLES, MAP_ROLES, TARGET_ROLES, Channel, Normalisation, Protocol,
+from .io import Gradients, Volume, read_dwi, read_volume, write_fsl_gradients, write_volume
+from .protocol import (DWI_ROLES, IMAGE_ROLES, MAP_ROLES, TARGET_ROLES, Channel, Protocol,
                        dwi_channels, scale_group)
 
 SCALAR_ROLES = IMAGE_ROLES + ("fa", "mask", "md", "mk", "mtr") + TARGET_ROLES

@@ -41,7 +41,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import atomic_write_bytes, atomic_write_text, has_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from .files import atomic_write_bytes, atomic_write_text
 from .errors import MRHNetError, Progress, ProgressCallback, as_progress
 from .model import MRHNet, init_weights, reinit_conv
 from .modelfile import SUFFIX, LoadedModel, ModelInfo, load_model, save_model

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 
 
@@ -75,11 +73,8 @@ def run(args: argparse.Namespace) -> int:
         print(line)
     print(proto.describe())
     if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=out.parent)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, out)
+        from ..files import atomic_write_text
+
+        out = atomic_write_text(args.json, text)
         print(f"wrote {out}")
     return 0

@@ -1,7 +1,6 @@
 """Training, resume, transfer learning, the CLI and 2-process distributed training (CPU, tiny nets)."""
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
