@@ -91,6 +91,7 @@ class MRHNetParameterNode:
     useAF: bool = True
     useNF: bool = True
     useMBP: bool = True
+    originalModel: Annotated[str, Choice(["none", "af-original-4blocks", "af-original-9blocks"])] = "none"
     extraModels: str = ""  # model folders added by the user, separated by ';'
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     opacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.6
@@ -367,7 +368,7 @@ class MRHNetLogic(ScriptedLoadableModuleLogic):
 
     def selectedModels(self, p) -> list:
         chosen = [name for name, use in zip(SHIPPED, (p.useAF, p.useNF, p.useMBP)) if use]
-        return chosen + self.extraModelPaths(p)
+        return chosen + ([p.originalModel] if p.originalModel != "none" else []) + self.extraModelPaths(p)
 
     def describeModels(self, p) -> tuple:
         """(text about each chosen model, the engine's warnings for inputs that do not fit)."""

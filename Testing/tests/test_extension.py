@@ -72,7 +72,7 @@ def test_ui_loads_with_qt_if_available():
 
 def test_module_file_compiles_and_stays_thin():
     py_compile.compile(str(MODULE / "MRHNet.py"), doraise=True)
-    assert len(SOURCE.splitlines()) <= 520
+    assert len(SOURCE.splitlines()) <= 560
     tree = ast.parse(SOURCE)
     top_imports = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names} | \
         {n.module.split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom) and n.module}
