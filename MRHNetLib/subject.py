@@ -145,9 +145,14 @@ class Subject:
 
         DWI channels are taken in the subject's own volume order (check compatibility first with
         :func:`MRHNetLib.protocol.check_compatible`)."""
+        return self.inputs_and_scales(protocol)[0]
+
+    def inputs_and_scales(self, protocol: Protocol) -> tuple[np.ndarray, np.ndarray]:
+        """(:meth:`inputs`, the per-channel divisors used), for recording the scales seen in training."""
         out = self.raw_inputs(protocol)
-        out /= input_scales(out, protocol, self.mask)[:, None, None, None]
-        return out
+        scales = input_scales(out, protocol, self.mask)
+        out /= scales[:, None, None, None]
+        return out, scales
 
     def raw_inputs(self, protocol: Protocol) -> np.ndarray:
         """The channels of ``protocol`` as (C, X, Y, Z) float32, before normalisation."""

@@ -47,7 +47,7 @@ from .errors import MRHNetError, Progress, ProgressCallback, as_progress
 from .model import MRHNet, init_weights, reinit_conv
 from .modelfile import SUFFIX, LoadedModel, ModelInfo, load_model, save_model
 from .protocol import Protocol, check_compatible, scale_group
-from .subject import Subject, input_scales
+from .subject import Subject
 
 FINETUNE_LR = 1e-4
 LOG_FIELDS = ("epoch", "train_loss", "val_loss", "lr", "seconds", "samples_per_s")
@@ -244,15 +244,11 @@ def _check_subjects(subjects: Sequence[Subject], target: str, what: str) -> list
 def _subject_arrays(subject: Subject, protocol: Protocol, target: str | None
                     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
     """(normalised inputs (C,X,Y,Z), target or None, mask, per-channel input scales)."""
-    raw = subject.raw_inputs(protocol)
-    np.nan_to_num(raw, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-    mask = subject.mask
-    scales = input_scales(raw, protocol, mask)
-    raw /= scales[:, None, None, None]
+    x, scales = subject.inputs_and_scales(protocol)
     y = None
     if target is not None:
         y = np.nan_to_num(np.asarray(subject.target(target), dtype=np.float32))
-    return raw, y, mask, scales
+    return x, y, subject.mask, scales
 
 
 def _target_scale(subjects: Sequence[Subject], target: str, percentile: float) -> float:
