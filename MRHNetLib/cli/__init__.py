@@ -56,12 +56,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
-def add_subject_args(parser: argparse.ArgumentParser, targets: bool = False) -> None:
-    """The options every command that takes a subject shares: a folder and/or the files one by one."""
+def add_subject_args(parser: argparse.ArgumentParser, targets: bool = False, positional: bool = True) -> None:
+    """The options every command that takes a subject shares: a folder and/or the files one by one
+    (``positional=False`` for commands that take several folders themselves: the files then make one
+    more subject)."""
     from ..protocol import DWI_ROLES, IMAGE_ROLES, TARGET_ROLES
 
     g = parser.add_argument_group("subject (a folder and/or files by role)")
-    g.add_argument("subject", nargs="?", help="subject folder (t2w.nii.gz, mt_on.nii.gz, ... see README)")
+    if positional:
+        g.add_argument("subject", nargs="?", help="subject folder (t2w.nii.gz, mt_on.nii.gz, ... see README)")
     for role in IMAGE_ROLES + ("fa", "mask"):
         g.add_argument(f"--{role.replace('_', '-')}", dest=role, metavar="FILE", help=f"{role} image")
     for role in DWI_ROLES:
@@ -85,6 +88,14 @@ def subject_from_args(args: argparse.Namespace):
     roles = list(IMAGE_ROLES + ("fa", "mask") + TARGET_ROLES + DWI_ROLES)
     roles += [f"{r}_{k}" for r in DWI_ROLES for k in ("bval", "bvec", "table")]
     files = {r: getattr(args, r) for r in roles if getattr(args, r, None)}
-    if not args.subject and not files:
+    folder = getattr(args, "subject", None)
+    if not folder and not files:
         raise MRHNetError("give a subject folder or input files (see --help)")
-    return load_subject(args.subject, resample_to_reference=args.resample_to_reference, **files)
+    return load_subject(folder, resample_to_reference=args.resample_to_reference, **files)
+
+
+def subject_files_given(args: argparse.Namespace) -> bool:
+    """Whether any file-by-role option of :func:`add_subject_args` was used."""
+    from ..protocol import DWI_ROLES, IMAGE_ROLES, TARGET_ROLES
+
+    return any(getattr(args, r, None) for r in IMAGE_ROLES + ("fa", "mask") + TARGET_ROLES + DWI_ROLES)

@@ -71,6 +71,13 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     start = time.time()
+    shipped: list[Path] = []
+    if not args.train:  # before anything is written
+        demo = {e.target: e.path for e in list_models() if e.kind == "demo"}
+        missing = [t for t in ("af", "nf", "mbp") if t not in demo]
+        if missing:
+            raise MRHNetError(f"shipped demo networks missing for {', '.join(missing)}; run with --train")
+        shipped = [demo[t] for t in ("af", "nf", "mbp")]
     bar, report = _bar(f"simulate {args.brain}")
     with bar:
         subject = simulate_subject(args.brain, seed=args.seed, size=args.size, progress=report)
@@ -78,14 +85,7 @@ def run(args: argparse.Namespace) -> int:
     phantom_figure(subject, out / "subject.png")
     print(f"simulated brain {args.brain} {subject.shape} -> {out / 'subject'}")
 
-    if args.train:
-        models = _train_models(out, args.size, args.epochs, args.device)
-    else:
-        demo = {e.target: e.path for e in list_models() if e.kind == "demo"}
-        missing = [t for t in ("af", "nf", "mbp") if t not in demo]
-        if missing:
-            raise MRHNetError(f"shipped demo networks missing for {', '.join(missing)}; run with --train")
-        models = [demo[t] for t in ("af", "nf", "mbp")]
+    models = _train_models(out, args.size, args.epochs, args.device) if args.train else shipped
     print("models: " + ", ".join(str(m) for m in models))
 
     bar, report = _bar("predict")

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from ..errors import MRHNetError
+from . import add_subject_args, subject_from_args, subject_files_given
 
 OPTION_FIELDS = {"depth": "depth", "epochs": "epochs", "lr": "lr", "batch": "batch_size", "loss": "loss",
                  "init": "init", "patience": "patience", "device": "device", "seed": "seed",
@@ -28,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "co-registered). Defaults are the original's recipe (MSE, SGD momentum 0.9, lr 0.1 "
                     "x0.1 every 10 epochs, L2 1e-4, clipping 0.01, batch 128, 300 epochs, last 1000 samples "
                     "held out). Resumable (--resume); runs under torchrun for several GPUs or processes.")
-    p.add_argument("subjects", nargs="*", metavar="SUBJECT_DIR", help="training subject folders")
+    p.add_argument("subjects", nargs="*", metavar="SUBJECT_DIR", help="training subject folders (or one subject "
+                   "given file by file with the options below)")
     p.add_argument("--plot", metavar="RUN_DIR", help="only draw the loss curve of a run folder (curve.png)")
     p.add_argument("--depth", type=int, help="residual blocks (default 5; the paper's AF network: 30)")
     p.add_argument("--maps", action="store_true",
@@ -42,13 +44,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "base rate (base lr 1e-4), and train on subject folders with the new target's histology "
                     "(as the original made MRH-NF and MRH-MBP from MRH-AF).")
     f.add_argument("base", metavar="BASE", help="trained model (.mrhnet folder or shipped model name)")
-    f.add_argument("subjects", nargs="+", metavar="SUBJECT_DIR", help="training subject folders")
+    f.add_argument("subjects", nargs="*", metavar="SUBJECT_DIR", help="training subject folders (or one subject "
+                   "given file by file with the options below)")
     f.add_argument("--head-lr-factor", type=float, help="learning-rate factor of the new Conv4/Conv5 (10)")
     _common(f)
     f.set_defaults(func=run_finetune)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
+    add_subject_args(p, targets=True, positional=False)
     p.add_argument("--target", default="af", help="target role in the subject folders: af, nf, mbp or your "
                                                   "own name (file TARGET.nii.gz); default af")
     p.add_argument("--out", metavar="MODEL.mrhnet", help="model folder to write")
@@ -108,10 +112,14 @@ def _config(args: argparse.Namespace, **defaults):
     return TrainConfig(**values)
 
 
-def _load(folders: list[str] | None) -> list:
+def _load(folders: list[str] | None, args: argparse.Namespace | None = None) -> list:
+    """Subjects from folders, plus one given file by file (training subjects only)."""
     from ..subject import load_subject
 
-    return [load_subject(f) for f in folders or []]
+    subjects = [load_subject(f) for f in folders or []]
+    if args is not None and subject_files_given(args):
+        subjects.append(subject_from_args(args))
+    return subjects
 
 
 def _progress_bar(total_epochs: int):
@@ -145,15 +153,15 @@ def run_train(args: argparse.Namespace) -> int:
     if args.plot:
         print(plot_log(args.plot))
         return 0
-    if not args.subjects or not args.out:
-        raise MRHNetError("give training subject folders and --out MODEL.mrhnet (or --plot RUN_DIR)")
+    if not (args.subjects or subject_files_given(args)) or not args.out:
+        raise MRHNetError("give training subject folders (or files) and --out MODEL.mrhnet (or --plot RUN_DIR)")
     config = _config(args)
     protocol = None
     if args.maps:
         from ..protocol import maps_protocol
 
         protocol = maps_protocol()
-    subjects, val = _load(args.subjects), _load(args.val)
+    subjects, val = _load(args.subjects, args), _load(args.val)
     callback, close = _progress_bar(config.epochs)
     try:
         out = train(subjects, args.target, args.out, config, protocol=protocol, val_subjects=val or None,
@@ -168,10 +176,10 @@ def run_finetune(args: argparse.Namespace) -> int:
     from ..catalog import resolve
     from ..train import FINETUNE_LR, finetune
 
-    if not args.out:
-        raise MRHNetError("give --out MODEL.mrhnet")
+    if not (args.subjects or subject_files_given(args)) or not args.out:
+        raise MRHNetError("give training subject folders (or files) and --out MODEL.mrhnet")
     config = _config(args, lr=FINETUNE_LR)
-    subjects, val = _load(args.subjects), _load(args.val)
+    subjects, val = _load(args.subjects, args), _load(args.val)
     callback, close = _progress_bar(config.epochs)
     try:
         out = finetune(resolve(args.base), subjects, args.target, args.out, config, val_subjects=val or None,
