@@ -150,12 +150,16 @@ def perturbation(model, subject, truth: np.ndarray, *, noise: float = 0.1, n_sam
 
     from .fastconv import PatchNet
     from .infer import as_model, patch_batch, resolve_device
+    from .orient import canonical_subject, reorient
     from .protocol import plane_axes
 
     prog = as_progress(progress)
     model = as_model(model)
     proto = model.info.protocol
     dev = resolve_device(device)
+    canon, transform = canonical_subject(subject)  # the orientation the network expects (MRHNetLib.orient)
+    if transform is not None:
+        truth, subject = reorient(Volume(np.asarray(truth), subject.affine), transform).data, canon
     stack = subject.inputs(proto)
     mask = subject.mask
     rng = np.random.default_rng(seed)

@@ -21,8 +21,9 @@ import torch
 from .errors import MRHNetError, Progress, as_progress
 from .fastconv import PRECISIONS, PatchNet
 from .io import Volume, suffix_of, write_volume
-from .modelfile import LoadedModel, ModelInfo, load_model, read_info
 from .model import MRHNet
+from .modelfile import LoadedModel, ModelInfo, load_model, read_info
+from .orient import canonical_subject, restore
 from .protocol import check_compatible, plane_axes
 
 DEFAULT_CHUNK = 2048  # voxels per chunk (per worker thread on the CPU)
@@ -265,6 +266,11 @@ def predict(subject, models: Sequence[LoadedModel | str | os.PathLike], *, devic
     loaded = [as_model(m) for m in models]
     for m in loaded:
         check_subject(subject, m, adapt_protocol=adapt_protocol, resample=resample)
+    canon, transform = canonical_subject(subject)
+    if transform is not None:  # networks see one voxel orientation (MRHNetLib.orient); maps go back
+        maps = predict(canon, loaded, device=device, progress=prog, adapt_protocol=adapt_protocol,
+                       resample=resample, precision=precision, chunk_voxels=chunk_voxels)
+        return {key: restore(vol, transform, subject.reference) for key, vol in maps.items()}
     ref = subject.reference
     mask = subject.mask
     outputs: dict[str, list[np.ndarray]] = {}

@@ -191,7 +191,9 @@ def plane_axes(affine: np.ndarray, plane: str) -> tuple[int, int, int]:
     """(slice_axis, row_axis, col_axis) of the array for patches in an anatomical ``plane``.
 
     The slice axis is the array axis closest to the plane's normal (sagittal: L-R, coronal: A-P,
-    axial: I-S); rows and columns are the other two array axes in anatomical order (R, A, S)."""
+    axial: I-S); rows and columns are the other two array axes in anatomical order (R, A, S). Axis
+    directions (flips) are not looked at here: training and inference first put subjects in one voxel
+    orientation (:mod:`MRHNetLib.orient`)."""
     if plane not in PLANES:
         raise MRHNetError(f"unknown patch plane '{plane}' (use {', '.join(PLANES)})")
     lin = np.abs(np.asarray(affine)[:3, :3])

@@ -46,6 +46,7 @@ from .files import atomic_write_bytes, atomic_write_text
 from .errors import MRHNetError, Progress, ProgressCallback, as_progress
 from .model import MRHNet, init_weights, reinit_conv
 from .modelfile import SUFFIX, LoadedModel, ModelInfo, load_model, save_model
+from .orient import canonical_subject
 from .protocol import Protocol, check_compatible, scale_group
 from .subject import Subject
 
@@ -302,6 +303,7 @@ def _patch_set(subjects: Sequence[Subject], target: str, protocol: Protocol, sam
 
     stacks, targets, centres, affines = [], [], [], []
     for s in subjects:
+        s = canonical_subject(s)[0]  # patches in the networks' one voxel orientation (MRHNetLib.orient)
         x, y, mask, scales = _subject_arrays(s, protocol, target)
         for ch, sc in zip(protocol.channels, scales):
             groups.setdefault(scale_group(ch.role), []).append(float(sc))
