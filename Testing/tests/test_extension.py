@@ -106,6 +106,8 @@ def test_top_level_cmakelists_describes_the_extension():
     assert cmake_set(text, "EXTENSION_ICONURL").strip('"').endswith(".png")
     shots = cmake_set(text, "EXTENSION_SCREENSHOTURLS").strip('"').split()
     assert shots and all(s.endswith((".png", ".jpg", ".jpeg", ".gif")) for s in shots)
+    for shot in shots:  # the screenshots are files of this repository
+        assert (ROOT / re.search(r"/main/(.*)$", shot).group(1)).is_file(), shot
     icon_path = re.search(r"/main/(.*\.png)", cmake_set(text, "EXTENSION_ICONURL")).group(1)
     assert (ROOT / icon_path).is_file()
     for sub in re.findall(r"add_subdirectory\((\w+)\)", text):
