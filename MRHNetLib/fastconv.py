@@ -2,13 +2,16 @@
 
 Every layer of the network is a 3 x 3 'same' convolution applied to one P x P patch (P = 3) with zero
 padding inside the patch, and the original keeps only the centre of the output. For a batch of N
-patches the activations are kept position-major, ``(P, P, N, C)``. Then one kernel tap (dr, dc) of a
-layer is a single matrix product: the block of positions whose neighbour (r + dr, c + dc) lies inside
-the patch, read at the shifted block, times the tap's C_in x C_out matrix, accumulated into the
-output block (``baddbmm_`` on strided views: no gathers, no copies). A 3 x 3 patch needs
-4 + 6 + 9 + ... = 49 products per channel pair and layer: the useful taps only, against 81 for the
-dense 9 x 9-position matrix (which multiplies padding zeros). Each output is the same sum of the
-same products as ``conv2d`` computes, in another order, so results agree to float rounding.
+patches the activations are kept column-major, ``(P cols, N, P rows, C)``. Then, for one column offset
+dc and one output row r, all the taps of the rows that r reads (2 or 3) are a single matrix product:
+the block of output columns whose neighbour (c + dc) lies inside the patch, with that row's
+neighbourhood of input rows as one (N, k C_in) strided matrix, times the stacked (k C_in) x C_out taps,
+accumulated into the output row (``baddbmm_`` on strided views: no gathers, no copies). A 3 x 3 patch
+needs 4 + 6 + 9 + ... = 49 products per channel pair and layer: the useful taps only, against 81 for
+the dense 9 x 9-position matrix (which multiplies padding zeros); stacking the rows makes the products
+deeper (K = 128 or 192) and the output is read and written 3 times per layer instead of 9. Each output
+is the same sum of the same products as ``conv2d`` computes, in another order, so results agree to
+float rounding.
 
 Residual additions are folded into the accumulation (the output block starts as ``skip + bias``),
 ReLUs run in place, and the last layer computes the centre output only. The same code runs on CUDA;
@@ -54,6 +57,7 @@ class PatchNet:
             self.bias = [c.bias.detach().to(self.device, self.dtype) for c in net.convs()]
         if any(t.shape[:2] != (3, 3) for t in self.taps):
             raise MRHNetError("fast inference supports 3 x 3 convolutions only")
+        self._merged: dict[tuple[int, int], list[list[torch.Tensor]]] = {}
 
     @contextlib.contextmanager
     def _matmul_mode(self) -> Iterator[None]:
@@ -74,46 +78,56 @@ class PatchNet:
         finally:
             mm.allow_tf32 = old
 
+    def _row_taps(self, layer: int, p: int) -> list[list[torch.Tensor]]:
+        """Per column offset dc and output row r: the taps of the rows that r reads, stacked along C_in
+        ((k C_in) x C_out, k = 2 or 3), so that one product covers a whole row neighbourhood."""
+        key = (layer, p)
+        if key not in self._merged:
+            w = self.taps[layer]
+            self._merged[key] = [[w[max(0, r - 1) - r + 1: min(p, r + 2) - r + 1, dc + 1].reshape(-1, w.shape[3])
+                                  .contiguous() for r in range(p)] for dc in (-1, 0, 1)]
+        return self._merged[key]
+
     def conv(self, x: torch.Tensor, layer: int, out: torch.Tensor | None = None) -> torch.Tensor:
-        """One 3 x 3 'same' convolution of (P, P, N, C_in) patches -> (P, P, N, C_out), added to ``out``
-        when given (a residual), plus the bias."""
-        w, b = self.taps[layer], self.bias[layer]
-        p, _, n, _ = x.shape
-        c_out = w.shape[3]
+        """One 3 x 3 'same' convolution of (P cols, N, P rows, C_in) patches -> (P, N, P, C_out), added to
+        ``out`` when given (a residual), plus the bias."""
+        b = self.bias[layer]
+        p, n = x.shape[0], x.shape[1]
+        c_out = b.shape[0]
         if out is None:
-            out = b.expand(p, p, n, c_out).contiguous()
+            out = b.expand(p, n, p, c_out).contiguous()
         else:
             out += b
-        for dr in (-1, 0, 1):
-            ro, ri = _ranges(dr, p)
-            for dc in (-1, 0, 1):
-                co, ci = _ranges(dc, p)
-                xo, xi = out[ro, co], x[ri, ci]
-                rows, cols = xo.shape[0], xo.shape[1]
-                if rows == 0 or cols == 0:
-                    continue
-                # (rows, cols, N, C) blocks are (rows, cols * N, C) batches of matrices: views, no copies
-                yv = xo.view(rows, cols * n, c_out)
-                xv = xi.reshape(rows, cols * n, xi.shape[3])
-                yv.baddbmm_(xv, w[dr + 1, dc + 1].expand(rows, -1, -1))
+        merged = self._row_taps(layer, p)
+        for dc in (-1, 0, 1):
+            co, ci = _ranges(dc, p)
+            xo, xi = out[co], x[ci]
+            if xo.shape[0] == 0:
+                continue
+            for r in range(p):
+                # (cols, N, k rows, C_in) -> (cols, N, k C_in): a strided view, no copy
+                rows = xi[:, :, max(0, r - 1): min(p, r + 2)].flatten(2)
+                w = merged[dc + 1][r]
+                xo[:, :, r].baddbmm_(rows, w.expand(xo.shape[0], -1, -1))
         return out
 
     def centre(self, x: torch.Tensor, layer: int) -> torch.Tensor:
-        """The last convolution (one output channel) at the patch centre only: (P, P, N, C) -> (N,)."""
+        """The last convolution (one output channel) at the patch centre only: (P, N, P, C) -> (N,)."""
         w, b = self.taps[layer], self.bias[layer]
         p, h = x.shape[0], x.shape[0] // 2
         lo, hi = max(0, h - 1), min(p, h + 2)
-        xs = x[lo:hi, lo:hi]
-        ws = w[lo - h + 1: hi - h + 1, lo - h + 1: hi - h + 1, :, 0]  # (k, k, C)
-        k, n, c = xs.shape[0], xs.shape[2], xs.shape[3]
-        y = torch.bmm(xs.reshape(k * k, n, c), ws.reshape(k * k, c, 1)).sum(dim=0)[:, 0]
+        xs = x[lo:hi, :, lo:hi].flatten(2)  # (k cols, N, k rows * C)
+        ws = w[lo - h + 1: hi - h + 1, lo - h + 1: hi - h + 1, :, 0].transpose(0, 1)  # (k cols, k rows, C)
+        k = xs.shape[0]
+        y = torch.bmm(xs, ws.reshape(k, -1, 1)).sum(dim=0)[:, 0]
         return y + b[0]
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[0] != x.shape[1] or x.shape[3] != self.in_channels:
             raise MRHNetError(f"fast inference expects (P, P, N, {self.in_channels}) patches, got {tuple(x.shape)}")
-        x = x.to(self.device, self.dtype)
+        # column-major layout inside: (P cols, N, P rows, C), so a row neighbourhood is one strided matrix
+        x = x.to(self.device, self.dtype).permute(1, 2, 0, 3).contiguous()
         with self._matmul_mode():
             a = self.conv(x, 0).relu_()
             a = self.conv(a, 1).relu_()
