@@ -653,7 +653,20 @@ def _predict(subject: Subject, models: list[Any], device: str = "auto", progress
     return predict(subject, models, device=device, progress=progress)
 
 
-class SceneInference:
+class _SceneWork:
+    """Start and cancel of a background job (``self.job``, a :class:`~MRHNetLib.jobs.Job`) on scene nodes."""
+
+    job: Any
+
+    def start(self):
+        self.job.start()
+        return self
+
+    def cancel(self) -> None:
+        self.job.cancel()
+
+
+class SceneInference(_SceneWork):
     """Run models on scene nodes in the background and publish the maps to the scene on success.
 
     Built on the caller's (GUI) thread: reads the nodes, loads the models and checks the protocol, so a
@@ -674,13 +687,6 @@ class SceneInference:
             raise MRHNetError(problems[0])
         self.outputs: dict[str, Any] = {}
         self.job = Job(_predict, self.subject, self.models, device=device, mode=mode, name="MRHNet inference")
-
-    def start(self) -> "SceneInference":
-        self.job.start()
-        return self
-
-    def cancel(self) -> None:
-        self.job.cancel()
 
     def poll(self) -> list[Any]:
         """Job events; on success the outputs are published before the final event is returned."""
@@ -736,7 +742,7 @@ def _train(subjects: list[Subject], target: str, out: str, config: Any, base_mod
     return train(subjects, target, out, config, progress=progress, run_dir=run_dir)
 
 
-class SceneTraining:
+class SceneTraining(_SceneWork):
     """Train a network (or fine-tune one) on scene nodes in the background, with a live loss plot.
 
     ``target``: the histology volume node; ``stain``: its kind (``af``, ``nf``, ``mbp``); ``out``: the
@@ -768,13 +774,6 @@ class SceneTraining:
         self._epochs_shown = 0
         self.job = Job(_train, [subject], stain, str(self.out), config, base_model, self.run_dir,
                        name="MRHNet training")
-
-    def start(self) -> "SceneTraining":
-        self.job.start()
-        return self
-
-    def cancel(self) -> None:
-        self.job.cancel()
 
     def poll(self) -> list[Any]:
         events = self.job.poll()
