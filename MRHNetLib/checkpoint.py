@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from .errors import MRHNetError
-from .files import atomic_write_bytes, atomic_write_text, sha256_file
+from .files import atomic_write_bytes, atomic_write_text, read_json, sha256_file
 
 STATE = "checkpoint.json"
 FORMAT = "mrhnet-checkpoint"
@@ -101,10 +101,7 @@ def load_checkpoint(folder: str | os.PathLike) -> dict[str, Any]:
     meta_path = folder / STATE
     if not meta_path.is_file():
         raise MRHNetError(f"{folder}: no checkpoint to resume from ({STATE} missing)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MRHNetError(f"{meta_path}: is not valid JSON ({exc})") from None
+    meta = read_json(meta_path)
     if meta.get("format") != FORMAT:
         raise MRHNetError(f"{meta_path}: not an MRHNet checkpoint")
     tensor_path = folder / Path(meta["tensors"]).name

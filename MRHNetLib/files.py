@@ -37,6 +37,18 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def read_json(path: str | os.PathLike):
+    """Parse a JSON file; a clear :class:`~MRHNetLib.errors.MRHNetError` when it is not valid JSON."""
+    import json
+
+    from .errors import MRHNetError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MRHNetError(f"{path}: is not valid JSON ({exc})") from None
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """Hex SHA-256 of a file's content, read in 1 MB blocks."""
     h = hashlib.sha256()

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from .errors import MRHNetError
-from .files import sha256_file
+from .files import read_json, sha256_file
 from .model import MRHNet
 from .protocol import Protocol
 
@@ -126,19 +126,20 @@ def _rmtree(p: Path) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-def read_info(path: str | os.PathLike) -> ModelInfo:
-    """Read only the metadata of a model folder."""
-    path = Path(path)
+def _read_meta(path: Path) -> tuple[dict, ModelInfo]:
+    """The raw ``model.json`` of a model folder and its parsed :class:`ModelInfo`."""
     meta_path = path / META if path.is_dir() else path
     if not path.exists():
         raise MRHNetError(f"{path}: model does not exist")
     if not meta_path.exists():
         raise MRHNetError(f"{path}: not a model folder (no {META})")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MRHNetError(f"{meta_path}: is not valid JSON ({exc})") from None
-    return ModelInfo.from_dict(meta, str(meta_path))
+    meta = read_json(meta_path)
+    return meta, ModelInfo.from_dict(meta, str(meta_path))
+
+
+def read_info(path: str | os.PathLike) -> ModelInfo:
+    """Read only the metadata of a model folder."""
+    return _read_meta(Path(path))[1]
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
@@ -147,15 +148,15 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
     from safetensors.torch import load_file
 
     path = Path(path)
-    info = read_info(path)
+    meta, info = _read_meta(path)
     weights = path / WEIGHTS
     if not weights.exists():
         raise MRHNetError(f"{path}: no {WEIGHTS} in the model folder")
-    head = weights.read_bytes()[:4]
+    with open(weights, "rb") as f:
+        head = f.read(4)
     if head[:1] == b"\x80" or head[:2] == b"PK":
         raise MRHNetError(f"{weights}: is a pickle / torch.save archive, which is never loaded (unsafe); "
                           f"convert the weights to safetensors")
-    meta = json.loads((path / META).read_text())
     expected = meta.get("weights_sha256")
     if expected and expected != sha256_file(weights):
         raise MRHNetError(f"{weights}: SHA-256 does not match model.json: the file was modified or damaged")

@@ -134,12 +134,18 @@ def load_volume_node(scene, path: str | os.PathLike, name: str | None = None, la
         raise MRHNetError(f"{path}: file does not exist")
     node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode",
                                    name or path.name.split(".")[0])
-    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    return _read_into(scene, node, "vtkMRMLVolumeArchetypeStorageNode", path, "cannot be read as a volume")
+
+
+def _read_into(scene, node, storage_class: str, path: Path, problem: str, valid=lambda node: True):
+    """Fill ``node`` from ``path`` through a storage node of ``storage_class``; on failure remove both
+    and raise ``MRHNetError("<path>: <problem>")``, leaving the scene as it was."""
+    storage = scene.AddNewNodeByClass(storage_class)
     storage.SetFileName(str(path))
-    if not storage.ReadData(node):
+    if not storage.ReadData(node) or not valid(node):
         scene.RemoveNode(storage)
         scene.RemoveNode(node)
-        raise MRHNetError(f"{path}: cannot be read as a volume")
+        raise MRHNetError(f"{path}: {problem}")
     node.SetAndObserveStorageNodeID(storage.GetID())
     node.CreateDefaultDisplayNodes()
     return node
@@ -247,15 +253,9 @@ def load_dwi_node(scene, path: str | os.PathLike, bval: str | os.PathLike | None
         raise MRHNetError(f"{path}: file does not exist")
     if suffix_of(path) in (".nrrd", ".nhdr") and bval is None and bvec is None and table is None:
         node = scene.AddNewNodeByClass("vtkMRMLDiffusionWeightedVolumeNode", name or path.name.split(".")[0])
-        storage = scene.AddNewNodeByClass("vtkMRMLNRRDStorageNode")
-        storage.SetFileName(str(path))
-        if not storage.ReadData(node) or node.GetNumberOfGradients() == 0:
-            scene.RemoveNode(storage)
-            scene.RemoveNode(node)
-            raise MRHNetError(f"{path}: cannot be read as a diffusion-weighted NRRD (DWMRI keys missing?)")
-        node.SetAndObserveStorageNodeID(storage.GetID())
-        node.CreateDefaultDisplayNodes()
-        return node
+        return _read_into(scene, node, "vtkMRMLNRRDStorageNode", path,
+                          "cannot be read as a diffusion-weighted NRRD (DWMRI keys missing?)",
+                          valid=lambda n: n.GetNumberOfGradients() > 0)
     volume, grads = read_dwi(path, bval, bvec, table)
     return add_dwi_node(scene, DWI(volume, grads), name or path.name.split(".")[0])
 
