@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from MRHNetLib.fastconv import PatchNet
-from MRHNetLib.infer import patch_batch, predict_array
+from MRHNetLib.infer import CUDA_CHUNK, DEFAULT_CHUNK, patch_batch, predict_array
 from MRHNetLib.model import MRHNet, init_weights
 from MRHNetLib.resources import resource
 
@@ -191,15 +191,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--depths", type=int, nargs="+", default=[5, 30])
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--sample", type=int, default=32768, help="voxels for the sample comparisons")
+    ap.add_argument("--sample", type=int, default=None,
+                    help="voxels for the sample comparisons (default 32768 on the CPU, 262144 on a GPU)")
     ap.add_argument("--per-voxel", type=int, default=200, help="voxels for the per-voxel procedure")
-    ap.add_argument("--chunk", type=int, default=2048)
+    ap.add_argument("--chunk", type=int, default=None, help="voxels per chunk (default: predict's, 2048 CPU / 65536 GPU)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-whole", action="store_true", help="skip the whole-brain runs")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--whole-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--quarter", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    cuda = torch.device(args.device).type == "cuda"
+    args.chunk = args.chunk or (CUDA_CHUNK if cuda else DEFAULT_CHUNK)
+    args.sample = args.sample or (262144 if cuda else 32768)
     if args.whole_only:
         print(json.dumps(whole_brain(args.depths[0], args.chunk, args.device, args.quarter)))
         return
@@ -236,6 +240,7 @@ def main() -> None:
         port = lambda x: net(x)[:, 0, 1, 1]  # noqa: E731
         dense = lambda x: dense_forward(layers, depth, x)  # noqa: E731
         pnb = PatchNet(net, device, "bf16")
+        pnt = PatchNet(net, device, "tf32") if device.type == "cuda" else None
         gemm_a = [torch.randn(x.shape[2], 576, device=device) for x in xs]
         gemm_b = torch.randn(576, 576, device=device)
         gemm_o = [torch.empty(len(a), 576, device=device) for a in gemm_a]  # outputs reused: no allocation
@@ -246,11 +251,13 @@ def main() -> None:
                     "conv2d_pooled": lambda: pooled(port, xc, device),
                     "dense_pooled": lambda: pooled(dense, xd, device),
                     "fast_bf16": lambda: pooled(pnb, xs, device),
+                    **({"fast_tf32": lambda: pooled(pnt, xs, device)} if device.type == "cuda" else {}),
                     # a plain fp32 GEMM of comparable shape, run the same way: the practical peak
                     "gemm": lambda: pooled(lambda ao: [torch.mm(ao[0], gemm_b, out=ao[1]) for _ in range(gemm_reps)],
                                            list(zip(gemm_a, gemm_o)), device)}
             ref = torch.cat([port(x) for x in xc])
-            err = {k: (torch.cat(runs[k]()) - ref).abs().max().item() for k in ("fast", "dense_pooled", "fast_bf16")}
+            err = {k: (torch.cat(runs[k]()) - ref).abs().max().item()
+                   for k in ("fast", "dense_pooled", "fast_bf16", "fast_tf32") if k in runs}
             best = {k: float("inf") for k in runs}
             cpu = {k: float("inf") for k in runs}
             for _ in range(args.repeats):

@@ -77,6 +77,28 @@ def test_patchnet_equals_conv2d_port_deep():
     assert torch.allclose(fast, ref, rtol=0, atol=1e-5 * ref.abs().max().item())
 
 
+def test_patchnet_workspace_is_per_thread_and_never_aliased():
+    """Buffers are reused between calls (per batch size and thread): results must not change afterwards,
+    and threads sharing one PatchNet must not mix their batches."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    net = random_net(5, 2, seed=3)
+    pn = PatchNet(net)
+    xs = [torch.randn(3, 3, n, 5) for n in (7, 7, 12, 7, 12, 7)]
+    with torch.no_grad():
+        refs = [net(x.permute(2, 3, 0, 1))[:, 0, 1, 1] for x in xs]
+    first = pn(xs[0])
+    kept = first.clone()
+    seq = [pn(x) for x in xs[1:]]
+    assert torch.equal(first, kept)  # a later call of the same size did not overwrite an earlier result
+    for y, ref in zip([first] + seq, refs):
+        assert torch.allclose(y, ref, rtol=0, atol=1e-5)
+    with ThreadPoolExecutor(3) as pool:
+        par = list(pool.map(pn, xs * 4))
+    for y, ref in zip(par, refs * 4):
+        assert torch.allclose(y, ref, rtol=0, atol=1e-5)
+
+
 def test_devices_and_precision_options():
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
