@@ -37,7 +37,7 @@ def _ranges(d: int, p: int) -> tuple[slice, slice]:
 
 
 class PatchNet:
-    """An :class:`~MRHNetLib.model.MRHNet` compiled for centre-of-patch inference on position-major batches.
+    """An :class:`~MRHNetLib.model.MRHNet` prepared for centre-of-patch inference on batches of patches.
 
     ``PatchNet(net, device, precision)(x)`` with ``x`` of shape (P, P, N, C_in) returns the (N,) centre
     outputs, equal to ``net(patches)[:, 0, h, h]`` to float rounding."""
