@@ -140,7 +140,8 @@ class _Workspace:
         shapes = [(p, pn.in_channels, p, n)] + [(p, width, p, n)] * 3
         self.buffers = [torch.empty(s, dtype=pn.dtype, device=pn.device) for s in shapes]
         self.layers = []
-        for layer, (src, dst, accumulate) in enumerate(pn._layer_plan()):
+        plan = pn._layer_plan()
+        for layer, (src, dst, accumulate) in enumerate(plan):
             x, out = self.buffers[src], self.buffers[dst]
             c_in, c_out = x.shape[1], out.shape[1]
             xs = x.view(p * c_in, p * n)  # rows: (patch row, channel); columns: (patch col, patch)
@@ -156,7 +157,7 @@ class _Workspace:
                                          rows[:, ci.start * n: ci.stop * n], o[:, co.start * n: co.stop * n]))
             self.layers.append((products, out, pn.bias[layer].view(1, c_out, 1, 1)))
         # the last layer (one output channel) at the patch centre only: per column, (1, k C) x (k C, N)
-        last, z, h = pn.taps[-1], self.buffers[pn._layer_plan()[-1][1]], p // 2
+        last, z, h = pn.taps[-1], self.buffers[plan[-1][1]], p // 2
         lo, hi = max(0, h - 1), min(p, h + 2)
         self.centre = [(last[lo - h + 1: hi - h + 1, col - h + 1, :, 0].reshape(1, -1),
                         z[lo:hi, :, col].view((hi - lo) * z.shape[1], n)) for col in range(lo, hi)]

@@ -51,6 +51,11 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
+def default_chunk(device: torch.device) -> int:
+    """Voxels per inference chunk when none is given: small on the CPU (per worker thread), large on a GPU."""
+    return CUDA_CHUNK if device.type == "cuda" else DEFAULT_CHUNK
+
+
 def model_path(name: str | os.PathLike) -> Path:
     """A model path from a path or, when the catalog module exists, a shipped model's name."""
     try:
@@ -154,8 +159,7 @@ def predict_voxels(net: MRHNet | PatchNet, stack: np.ndarray | torch.Tensor, cen
     Chunks of ``chunk_voxels`` (default: 2,048 on the CPU, 65,536 on a GPU) bound the memory. On the
     CPU, chunks run on ``workers`` threads (default: torch's thread count) that each compute
     single-threaded: no synchronisation inside a chunk, which keeps the throughput when other programs
-    share the cores. Progress and cancellation are handled on
-    the calling thread."""
+    share the cores. Progress and cancellation are handled on the calling thread."""
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
@@ -172,7 +176,7 @@ def predict_voxels(net: MRHNet | PatchNet, stack: np.ndarray | torch.Tensor, cen
     flat = stack.reshape(stack.shape[0], -1).to(pn.device)
     idx = torch.as_tensor(np.asarray(centres, dtype=np.int64), device=pn.device)
     out = torch.empty(len(idx), dtype=torch.float32, device=pn.device)
-    chunk = max(1, int(chunk_voxels or (CUDA_CHUNK if pn.device.type == "cuda" else DEFAULT_CHUNK)))
+    chunk = max(1, int(chunk_voxels or default_chunk(pn.device)))
     total = len(idx)
     starts = list(range(0, total, chunk))
     n_workers = 1 if pn.device.type != "cpu" else max(1, int(workers or torch.get_num_threads()))

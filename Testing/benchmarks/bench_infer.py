@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from MRHNetLib.fastconv import PatchNet
-from MRHNetLib.infer import CUDA_CHUNK, DEFAULT_CHUNK, patch_batch, predict_array
+from MRHNetLib.infer import default_chunk, patch_batch, predict_array
 from MRHNetLib.model import MRHNet, init_weights
 from MRHNetLib.resources import resource
 
@@ -201,9 +201,8 @@ def main() -> None:
     ap.add_argument("--whole-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--quarter", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    cuda = torch.device(args.device).type == "cuda"
-    args.chunk = args.chunk or (CUDA_CHUNK if cuda else DEFAULT_CHUNK)
-    args.sample = args.sample or (262144 if cuda else 32768)
+    args.chunk = args.chunk or default_chunk(torch.device(args.device))
+    args.sample = args.sample or (262144 if torch.device(args.device).type == "cuda" else 32768)
     if args.whole_only:
         print(json.dumps(whole_brain(args.depths[0], args.chunk, args.device, args.quarter)))
         return
