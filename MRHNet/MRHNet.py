@@ -353,7 +353,7 @@ class MRHNetLogic(ScriptedLoadableModuleLogic):
                 "dwi_b5000": p.dwiB5000, "fa": p.fa}
 
     def inputGradients(self, p) -> dict:
-        from MRHNetLib.scene import gradients_from_path, node_affine
+        from MRHNetLib.gui.scene import gradients_from_path, node_affine
 
         out = {}
         for role, node, path in (("dwi_b2000", p.dwiB2000, p.dwiB2000Gradients),
@@ -373,9 +373,9 @@ class MRHNetLogic(ScriptedLoadableModuleLogic):
     def describeModels(self, p) -> tuple:
         """(text about each chosen model, the engine's warnings for inputs that do not fit)."""
         try:
-            from MRHNetLib.catalog import resolve
-            from MRHNetLib.modelfile import read_info
-            from MRHNetLib.scene import load_models, model_problems, subject_from_nodes
+            from MRHNetLib.network.catalog import resolve
+            from MRHNetLib.network.modelfile import read_info
+            from MRHNetLib.gui.scene import load_models, model_problems, subject_from_nodes
         except ImportError:
             return _("Python packages not installed yet: they are installed on the first Apply."), []
         from MRHNetLib.errors import MRHNetError
@@ -398,14 +398,14 @@ class MRHNetLogic(ScriptedLoadableModuleLogic):
         return "\n".join(lines), warnings
 
     def startRun(self, p):
-        from MRHNetLib.scene import SceneInference
+        from MRHNetLib.gui.scene import SceneInference
 
         nodes = {k: v for k, v in self.inputNodes(p).items() if v is not None}
         return SceneInference(slicer.mrmlScene, self.selectedModels(p), device=p.device, opacity=p.opacity,
                               mask=p.mask, gradients=self.inputGradients(p), **nodes).start()
 
     def startTraining(self, p):
-        from MRHNetLib.scene import SceneTraining
+        from MRHNetLib.gui.scene import SceneTraining
 
         if not _given(p.modelOutput):
             raise ValueError(_("Choose where to save the trained model (a folder ending in .mrhnet)."))
@@ -424,8 +424,8 @@ class MRHNetLogic(ScriptedLoadableModuleLogic):
     # --- console API -----------------------------------------------------------------------
     def loadPhantom(self, size: str = "medium", seed: int = 0, name: str = "MRHNet phantom brain") -> dict:
         """Simulate the sample brain with the engine and add its images (and histology) to the scene."""
-        from MRHNetLib.phantom import simulate_subject
-        from MRHNetLib.scene import add_subject_nodes, show_overlay
+        from MRHNetLib.simulation.phantom import simulate_subject
+        from MRHNetLib.gui.scene import add_subject_nodes, show_overlay
 
         nodes = add_subject_nodes(slicer.mrmlScene, simulate_subject("C1", seed=seed, size=size), name)
         show_overlay(slicer.mrmlScene, None, nodes["t2w"], 0.0)
@@ -435,7 +435,7 @@ class MRHNetLogic(ScriptedLoadableModuleLogic):
     def run(self, t2w=None, mt_on=None, mt_off=None, dwi_b2000=None, dwi_b5000=None, fa=None, mask=None,
             models=("af", "nf", "mbp"), device: str = "auto", gradients: Optional[dict] = None) -> dict:
         """Run the models on the given volume nodes; returns {target: output volume node}."""
-        from MRHNetLib.scene import SceneInference
+        from MRHNetLib.gui.scene import SceneInference
 
         inputs = {k: v for k, v in dict(t2w=t2w, mt_on=mt_on, mt_off=mt_off, dwi_b2000=dwi_b2000,
                                         dwi_b5000=dwi_b5000, fa=fa).items() if v is not None}
@@ -451,8 +451,8 @@ class MRHNetLogic(ScriptedLoadableModuleLogic):
     def train(self, target, stain: str, out: str, base_model=None, mask=None, gradients=None,
               **inputsAndOptions) -> str:
         """Train (or fine-tune from ``base_model``) on input nodes and a histology ``target`` node; writes
-        ``out`` and returns its path. Options: depth, epochs, lr, device (MRHNetLib.train.TrainConfig)."""
-        from MRHNetLib.scene import SceneTraining
+        ``out`` and returns its path. Options: depth, epochs, lr, device (MRHNetLib.network.train.TrainConfig)."""
+        from MRHNetLib.gui.scene import SceneTraining
 
         inputs = {k: inputsAndOptions.pop(k) for k in INPUT_ROLES if k in inputsAndOptions}
         training = SceneTraining(slicer.mrmlScene, target, stain, out, base_model=base_model,
@@ -490,8 +490,8 @@ class MRHNetTest(ScriptedLoadableModuleTest):
         logic = MRHNetLogic()
         nodes = logic.loadPhantom(size="small")
         inputs = {k: nodes[k] for k in ("t2w", "mt_on", "mt_off", "dwi_b2000", "dwi_b5000")}
-        from MRHNetLib.catalog import list_models
-        from MRHNetLib.scene import SceneInference, node_affine, scene_signature
+        from MRHNetLib.network.catalog import list_models
+        from MRHNetLib.gui.scene import SceneInference, node_affine, scene_signature
 
         shipped = [e.name for e in list_models() if e.kind == "demo" and e.name in SHIPPED]
         self.assertTrue(shipped, "no shipped demo models")

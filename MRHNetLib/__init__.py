@@ -2,8 +2,8 @@
 
 Imports without Slicer or Qt. Main entry points::
 
-    from MRHNetLib.subject import load_subject          # read a subject folder or files
-    from MRHNetLib.phantom import simulate_subject       # simulated brains (embedded default data)
-    from MRHNetLib.modelfile import load_model, save_model
+    from MRHNetLib.data.subject import load_subject          # read a subject folder or files
+    from MRHNetLib.simulation.phantom import simulate_subject       # simulated brains (embedded default data)
+    from MRHNetLib.network.modelfile import load_model, save_model
 """
 __version__ = "0.1.0"

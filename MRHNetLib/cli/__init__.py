@@ -60,7 +60,7 @@ def add_subject_args(parser: argparse.ArgumentParser, targets: bool = False, pos
     """The options every command that takes a subject shares: a folder and/or the files one by one
     (``positional=False`` for commands that take several folders themselves: the files then make one
     more subject)."""
-    from ..protocol import DWI_ROLES, IMAGE_ROLES, TARGET_ROLES
+    from ..data.protocol import DWI_ROLES, IMAGE_ROLES, TARGET_ROLES
 
     g = parser.add_argument_group("subject (a folder and/or files by role)")
     if positional:
@@ -82,8 +82,8 @@ def add_subject_args(parser: argparse.ArgumentParser, targets: bool = False, pos
 
 def subject_from_args(args: argparse.Namespace):
     """Load the subject described by :func:`add_subject_args` options."""
-    from ..protocol import DWI_ROLES, IMAGE_ROLES, TARGET_ROLES
-    from ..subject import load_subject
+    from ..data.protocol import DWI_ROLES, IMAGE_ROLES, TARGET_ROLES
+    from ..data.subject import load_subject
 
     roles = list(IMAGE_ROLES + ("fa", "mask") + TARGET_ROLES + DWI_ROLES)
     roles += [f"{r}_{k}" for r in DWI_ROLES for k in ("bval", "bvec", "table")]
@@ -96,6 +96,6 @@ def subject_from_args(args: argparse.Namespace):
 
 def subject_files_given(args: argparse.Namespace) -> bool:
     """Whether any file-by-role option of :func:`add_subject_args` was used."""
-    from ..protocol import DWI_ROLES, IMAGE_ROLES, TARGET_ROLES
+    from ..data.protocol import DWI_ROLES, IMAGE_ROLES, TARGET_ROLES
 
     return any(getattr(args, r, None) for r in IMAGE_ROLES + ("fa", "mask") + TARGET_ROLES + DWI_ROLES)

@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..errors import MRHNetError
-    from ..webapp import LOOPBACK, WebApp
+    from ..gui.webapp import LOOPBACK, WebApp
 
     folder = Path(args.data_dir)
     if not folder.is_dir():

@@ -43,8 +43,8 @@ def _bar(desc: str):
 
 
 def _train_models(out: Path, size: str, epochs: int, device: str) -> list[Path]:
-    from ..phantom import simulate_subject
-    from ..train import TrainConfig, finetune, train
+    from ..simulation.phantom import simulate_subject
+    from ..network.train import TrainConfig, finetune, train
 
     subjects = [simulate_subject("C1", seed=0, size=size)]
     config = TrainConfig(depth=3, epochs=epochs, device=device)
@@ -62,12 +62,12 @@ def _train_models(out: Path, size: str, epochs: int, device: str) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..catalog import list_models
+    from ..network.catalog import list_models
     from ..errors import MRHNetError
-    from ..evaluate import evaluate
-    from ..infer import predict, write_maps
-    from ..phantom import phantom_figure, simulate_subject
-    from ..scene import overlay_figure
+    from ..evaluation.evaluate import evaluate
+    from ..network.infer import predict, write_maps
+    from ..simulation.phantom import phantom_figure, simulate_subject
+    from ..display import overlay_figure
 
     out = Path(args.out)
     start = time.time()

@@ -46,11 +46,11 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from ..cli import subject_from_args
-    from ..evaluate import evaluate
-    from ..io import read_volume
-    from ..protocol import TARGET_ROLES
-    from ..subject import IMAGE_SUFFIXES
+    from . import subject_from_args
+    from ..evaluation.evaluate import evaluate
+    from ..data.io import read_volume
+    from ..data.protocol import TARGET_ROLES
+    from ..data.subject import IMAGE_SUFFIXES
 
     preds = {}
     for f in args.pred:

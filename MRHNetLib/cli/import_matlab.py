@@ -24,8 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..matlab import import_matlab
-    from ..modelfile import read_info
+    from ..network.matlab import import_matlab
+    from ..network.modelfile import read_info
 
     out = import_matlab(args.mat, args.out, mt_order=args.mt_order, method_files=args.method_files,
                         target=args.target, description=args.description)

@@ -11,7 +11,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..catalog import describe, list_models
+    from ..network.catalog import describe, list_models
 
     entries = list_models()
     if not entries:

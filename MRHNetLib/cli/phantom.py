@@ -46,8 +46,8 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from ..phantom import DEFAULT_NOISE, phantom_figure, write_phantoms
-    from ..protocol import Protocol
+    from ..simulation.phantom import DEFAULT_NOISE, phantom_figure, write_phantoms
+    from ..data.protocol import Protocol
 
     protocol = None
     if args.protocol:
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     for folder in folders:
         print(f"wrote {folder}")
     if args.figure:
-        from ..subject import load_subject
+        from ..data.subject import load_subject
 
         print(f"wrote {phantom_figure(load_subject(folders[0]), args.figure)}")
     return 0

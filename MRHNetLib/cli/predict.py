@@ -48,7 +48,7 @@ def input_files(args: argparse.Namespace, subject) -> list:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..infer import as_model, predict, write_maps
+    from ..network.infer import as_model, predict, write_maps
 
     if args.chunk_voxels is not None and args.chunk_voxels < 1:
         raise MRHNetError(f"--chunk-voxels {args.chunk_voxels}: must be at least 1")

@@ -31,25 +31,25 @@ def protocol_of(sources: list[str], mt_order: str = "t2w,mt_off,mt_on", original
 
     first = Path(sources[0])
     if len(sources) == 1 and (first / "model.json").is_file() or (len(sources) == 1 and not first.exists()):
-        from ..catalog import resolve
-        from ..modelfile import read_info
+        from ..network.catalog import resolve
+        from ..network.modelfile import read_info
 
         info = read_info(resolve(sources[0]))
         return info.protocol, [f"model {sources[0]}: target {info.target.upper()}, depth {info.depth}"]
     if len(sources) == 1 and first.is_dir() and not any(q.name.lower().endswith("method") for q in first.iterdir()):
-        from ..subject import load_subject
+        from ..data.subject import load_subject
 
         subject = load_subject(first)
         return subject.protocol(), [f"subject {first}"]
     missing = [s for s in sources if not Path(s).exists()]
     if missing:
         raise MRHNetError(f"{missing[0]}: no such file or folder")
-    from ..bruker import classify_method_files, protocol_from_method_files
+    from ..data.bruker import classify_method_files, protocol_from_method_files
 
     roles = classify_method_files(sources)
     lines = [f"  {role:9s} {m.describe()}" for role, m in roles.items()]
     if original_settings:
-        from ..matlab import original_protocol
+        from ..network.matlab import original_protocol
 
         proto, _ = original_protocol(mt_order, [roles[r].path for r in roles])
     else:

@@ -96,7 +96,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace, **defaults):
-    from ..train import TrainConfig
+    from ..network.train import TrainConfig
 
     values = dict(defaults)
     values.update({field: getattr(args, opt) for opt, field in OPTION_FIELDS.items()
@@ -114,7 +114,7 @@ def _config(args: argparse.Namespace, **defaults):
 
 def _load(folders: list[str] | None, args: argparse.Namespace | None = None) -> list:
     """Subjects from folders, plus one given file by file (training subjects only)."""
-    from ..subject import load_subject
+    from ..data.subject import load_subject
 
     subjects = [load_subject(f) for f in folders or []]
     if args is not None and subject_files_given(args):
@@ -141,14 +141,14 @@ def _progress_bar(total_epochs: int):
 def _report(out: Path) -> None:
     if int(os.environ.get("RANK", "0")) != 0:
         return
-    from ..modelfile import read_info
+    from ..network.modelfile import read_info
 
     info = read_info(out)
     print(f"wrote {out}: {info.training.get('summary', '')}")
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ..train import plot_log, train
+    from ..network.train import plot_log, train
 
     if args.plot:
         print(plot_log(args.plot))
@@ -158,7 +158,7 @@ def run_train(args: argparse.Namespace) -> int:
     config = _config(args)
     protocol = None
     if args.maps:
-        from ..protocol import maps_protocol
+        from ..data.protocol import maps_protocol
 
         protocol = maps_protocol()
     subjects, val = _load(args.subjects, args), _load(args.val)
@@ -173,8 +173,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_finetune(args: argparse.Namespace) -> int:
-    from ..catalog import resolve
-    from ..train import FINETUNE_LR, finetune
+    from ..network.catalog import resolve
+    from ..network.train import FINETUNE_LR, finetune
 
     if not (args.subjects or subject_files_given(args)) or not args.out:
         raise MRHNetError("give training subject folders (or files) and --out MODEL.mrhnet")

@@ -22,9 +22,9 @@ import time
 import numpy as np
 import torch
 
-from MRHNetLib.fastconv import PatchNet
-from MRHNetLib.infer import default_chunk, patch_batch, predict_array
-from MRHNetLib.model import MRHNet, init_weights
+from MRHNetLib.network.fastconv import PatchNet
+from MRHNetLib.network.infer import default_chunk, patch_batch, predict_array
+from MRHNetLib.network.model import MRHNet, init_weights
 from MRHNetLib.resources import resource
 
 

@@ -1,7 +1,7 @@
-"""Training throughput (samples/s) and peak memory of ``MRHNetLib.train`` for several depths.
+"""Training throughput (samples/s) and peak memory of ``MRHNetLib.network.train`` for several depths.
 
 Each configuration runs in its own process (so the peak resident memory is its own) on a simulated
-brain from :mod:`MRHNetLib.phantom`, with the real training loop (sampling, batching, SGD with
+brain from :mod:`MRHNetLib.simulation.phantom`, with the real training loop (sampling, batching, SGD with
 clipping, validation, checkpoint every epoch). Throughput is the mean over the epochs after the first.
 
     python Testing/benchmarks/bench_train.py                         # CPU, depth 5 and 30
@@ -28,9 +28,9 @@ from pathlib import Path
 def worker(spec: dict) -> dict:
     import torch
 
-    from MRHNetLib.phantom import simulate_subject
-    from MRHNetLib.modelfile import read_info
-    from MRHNetLib.train import TrainConfig, read_log, train
+    from MRHNetLib.simulation.phantom import simulate_subject
+    from MRHNetLib.network.modelfile import read_info
+    from MRHNetLib.network.train import TrainConfig, read_log, train
 
     t0 = time.perf_counter()
     size = spec["size"] if isinstance(spec["size"], str) else tuple(spec["size"])

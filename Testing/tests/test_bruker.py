@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from MRHNetLib.bruker import (GRADIENT_TO_RAS, classify_method_files, parse_mt_order, protocol_from_method_files,
+from MRHNetLib.data.bruker import (GRADIENT_TO_RAS, classify_method_files, parse_mt_order, protocol_from_method_files,
                               read_method)
 from MRHNetLib.errors import MRHNetError
-from MRHNetLib.protocol import Protocol
+from MRHNetLib.data.protocol import Protocol
 from MRHNetLib.resources import resource
 
 
@@ -85,7 +85,7 @@ def test_mt_order_and_errors(params, tmp_path):
 
 def test_shipped_protocol_matches_the_method_files(shared_data, tmp_path):
     from MRHNetLib.cli import main
-    from MRHNetLib.matlab import original_protocol
+    from MRHNetLib.network.matlab import original_protocol
 
     shipped = resource("protocols", "original_method_files")
     for f in ("dwi_b2000_method", "dwi_b5000_method", "3DT2_method", "MTON_method", "MTOFF_method"):

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from MRHNetLib.cli import main
-from MRHNetLib.io import read_volume
-from MRHNetLib.modelfile import read_info
-from MRHNetLib.phantom import simulate_subject
+from MRHNetLib.data.io import read_volume
+from MRHNetLib.network.modelfile import read_info
+from MRHNetLib.simulation.phantom import simulate_subject
 
 
 def test_models_lists_the_shipped_networks(capsys):

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from MRHNetLib.errors import MRHNetError
-from MRHNetLib.evaluate import channel_groups, evaluate
-from MRHNetLib.model import MRHNet
-from MRHNetLib.modelfile import LoadedModel, ModelInfo
-from MRHNetLib.phantom import simulate_subject
-from MRHNetLib.protocol import default_protocol
+from MRHNetLib.evaluation.evaluate import channel_groups, evaluate
+from MRHNetLib.network.model import MRHNet
+from MRHNetLib.network.modelfile import LoadedModel, ModelInfo
+from MRHNetLib.simulation.phantom import simulate_subject
+from MRHNetLib.data.protocol import default_protocol
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_marker_sign_is_the_better_direction(phantom):
     af = phantom.target("af")
     neg = evaluate({"af": -af}, {"af": af}, mask=mask)
     assert neg.summary["targets"]["af"]["network"]["auc"] == pytest.approx(0.0)
-    from MRHNetLib.evaluate import marker_detection
+    from MRHNetLib.evaluation.evaluate import marker_detection
 
     # a marker equal to minus the truth is perfect with sign '-'
 
@@ -101,7 +101,7 @@ def test_perturbation_finds_an_unused_input(phantom):
         net.Conv1.weight[:, groups["T2w"]] = 0  # the network ignores T2w
         net.Conv1.weight[:, groups["MT"]] *= 20  # and leans on MT
     model = LoadedModel(net, ModelInfo(proto, 1, "af"))
-    from MRHNetLib.infer import predict
+    from MRHNetLib.network.infer import predict
 
     pred = predict(phantom, [model], device="cpu")
     ev = evaluate(pred, subject=phantom, models=[model], markers=(), device="cpu", n_sample=800)
@@ -115,7 +115,7 @@ def test_perturbation_finds_an_unused_input(phantom):
 
 def test_cli_evaluate(phantom, tmp_path):
     from MRHNetLib.cli import main
-    from MRHNetLib.io import write_volume
+    from MRHNetLib.data.io import write_volume
 
     folder = phantom.save(tmp_path / "subj")
     preds = tmp_path / "pred"

@@ -132,7 +132,7 @@ def test_module_cmakelists_lists_existing_files_and_packages_the_engine():
     patterns = {(d, e) for d, e in globs}
     assert ("MRHNetLib", ".py") in patterns and ("Resources/anatomy", "") in patterns
     engine = [p for p in (ROOT / "MRHNetLib").rglob("*.py") if "__pycache__" not in p.parts]
-    assert (ROOT / "MRHNetLib" / "scene.py") in engine and (ROOT / "MRHNetLib" / "jobs.py") in engine
+    assert (ROOT / "MRHNetLib" / "gui" / "scene.py") in engine and (ROOT / "MRHNetLib" / "network" / "infer.py") in engine
     assert (MODULE / "Testing" / "CMakeLists.txt").is_file() and (MODULE / "Testing" / "Python" / "CMakeLists.txt").is_file()
 
 

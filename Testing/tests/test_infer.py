@@ -7,14 +7,14 @@ import pytest
 import torch
 
 from MRHNetLib.errors import Cancelled, MRHNetError
-from MRHNetLib.fastconv import PatchNet
-from MRHNetLib.infer import check_subject, predict, predict_array, resolve_device, write_maps
-from MRHNetLib.io import Volume, read_volume
-from MRHNetLib.model import MRHNet
-from MRHNetLib.modelfile import LoadedModel, ModelInfo, save_model
-from MRHNetLib.phantom import simulate_subject
-from MRHNetLib.protocol import default_protocol, plane_axes
-from MRHNetLib.subject import DWI, Subject
+from MRHNetLib.network.fastconv import PatchNet
+from MRHNetLib.network.infer import check_subject, predict, predict_array, resolve_device, write_maps
+from MRHNetLib.data.io import Volume, read_volume
+from MRHNetLib.network.model import MRHNet
+from MRHNetLib.network.modelfile import LoadedModel, ModelInfo, save_model
+from MRHNetLib.simulation.phantom import simulate_subject
+from MRHNetLib.data.protocol import default_protocol, plane_axes
+from MRHNetLib.data.subject import DWI, Subject
 
 
 def random_net(c_in: int, depth: int, seed: int) -> MRHNet:
@@ -171,7 +171,7 @@ def test_permuted_and_oblique_input_gives_the_same_map(phantom, perm, rotate_deg
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd"])
 def test_written_maps_keep_input_geometry(phantom, tmp_path, suffix):
-    from MRHNetLib.subject import load_subject
+    from MRHNetLib.data.subject import load_subject
 
     folder = phantom.save(tmp_path / "subj", suffix=suffix)
     subject = load_subject(folder)
@@ -240,7 +240,7 @@ def _rotation(deg: float) -> np.ndarray:
 
 
 def test_adapt_protocol_close_to_own_table():
-    from MRHNetLib.protocol import fibonacci_directions
+    from MRHNetLib.data.protocol import fibonacci_directions
 
     rotated = default_protocol(directions=fibonacci_directions(30) @ _rotation(35.0).T)
     # noise-free, so that the difference is the adaptation's alone (noise draws differ between tables)
@@ -259,7 +259,7 @@ def test_adapt_protocol_close_to_own_table():
     wrong = predict(fake, [model], device="cpu")["af"].data
     rel_wrong = np.sqrt(np.mean((wrong - own)[mask] ** 2)) / np.sqrt(np.mean(own[mask] ** 2))
     # and the inputs themselves: re-expressed DWI against the DWI acquired on the model's table
-    from MRHNetLib.adapt import adapt_subject
+    from MRHNetLib.data.adapt import adapt_subject
 
     ad = adapt_subject(other, model.info.protocol)
     assert adapt_subject(phantom, model.info.protocol).dwi["dwi_b5000"] is phantom.dwi["dwi_b5000"]  # kept as is

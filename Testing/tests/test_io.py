@@ -15,7 +15,7 @@ import SimpleITK as sitk
 from dipy.data import get_fnames
 
 from MRHNetLib.errors import MRHNetError
-from MRHNetLib.io import (Gradients, Volume, read_dwi, read_gradient_table, read_volume, write_dwi_nrrd,
+from MRHNetLib.data.io import (Gradients, Volume, read_dwi, read_gradient_table, read_volume, write_dwi_nrrd,
                           write_fsl_gradients, write_volume)
 
 LPS = np.diag([-1.0, -1.0, 1.0])

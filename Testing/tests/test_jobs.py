@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from MRHNetLib.errors import Cancelled, MRHNetError
-from MRHNetLib.jobs import CANCELLED, DONE, FAILED, Job, start_job
+from MRHNetLib.gui.jobs import CANCELLED, DONE, FAILED, Job, start_job
 
 
 def counting(n: int, step_s: float = 0.01, progress=None, fail_at: int | None = None):

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from dipy.data import get_fnames
 
-from MRHNetLib import maps
+from MRHNetLib.data import maps
 from MRHNetLib.errors import MRHNetError
-from MRHNetLib.io import Gradients, Volume, read_dwi
-from MRHNetLib.protocol import fibonacci_directions
-from MRHNetLib.subject import DWI, Subject
+from MRHNetLib.data.io import Gradients, Volume, read_dwi
+from MRHNetLib.data.protocol import fibonacci_directions
+from MRHNetLib.data.subject import DWI, Subject
 
 
 def shell(b: float, n_dirs: int = 30, n_b0: int = 2) -> Gradients:

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from MRHNetLib.errors import MRHNetError
-from MRHNetLib.matlab import import_matlab, match_mrhnet, read_dag_network, read_linear_model, to_mrhnet
-from MRHNetLib.modelfile import load_model
+from MRHNetLib.network.matlab import import_matlab, match_mrhnet, read_dag_network, read_linear_model, to_mrhnet
+from MRHNetLib.network.modelfile import load_model
 from MRHNetLib.resources import resource
 
 NET4 = "net_5layerV3Res_HRJG_allMRIs_Fluo.mat"

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from MRHNetLib.errors import MRHNetError
-from MRHNetLib.model import MRHNet, init_weights
-from MRHNetLib.modelfile import ModelInfo, load_model, read_info, save_model
-from MRHNetLib.protocol import Normalisation, check_compatible, default_protocol, maps_protocol
+from MRHNetLib.network.model import MRHNet, init_weights
+from MRHNetLib.network.modelfile import ModelInfo, load_model, read_info, save_model
+from MRHNetLib.data.protocol import Normalisation, check_compatible, default_protocol, maps_protocol
 
 
 def _model(tmp_path: Path, depth: int = 2, protocol=None, name: str = "m.mrhnet") -> tuple[Path, MRHNet, ModelInfo]:

@@ -1,18 +1,18 @@
 """Any voxel orientation of the input files gives the same maps and the same training: the networks
-always see patches in one canonical orientation (MRHNetLib.orient), including left-right flips."""
+always see patches in one canonical orientation (MRHNetLib.data.orient), including left-right flips."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-import MRHNetLib.infer as infer
-from MRHNetLib.io import Volume
-from MRHNetLib.modelfile import load_model
-from MRHNetLib.orient import CANONICAL, canonical_subject, restore
-from MRHNetLib.phantom import simulate_subject
-from MRHNetLib.subject import DWI, Subject
-from MRHNetLib.train import TrainConfig, train
+import MRHNetLib.network.infer as infer
+from MRHNetLib.data.io import Volume
+from MRHNetLib.network.modelfile import load_model
+from MRHNetLib.data.orient import CANONICAL, canonical_subject, restore
+from MRHNetLib.simulation.phantom import simulate_subject
+from MRHNetLib.data.subject import DWI, Subject
+from MRHNetLib.network.train import TrainConfig, train
 
 
 def reoriented(subject: Subject, perm: tuple[int, int, int], flips: tuple[bool, bool, bool]) -> Subject:

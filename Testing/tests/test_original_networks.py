@@ -5,16 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from MRHNetLib.catalog import resolve
+from MRHNetLib.network.catalog import resolve
 from MRHNetLib.cli import main
 from MRHNetLib.errors import MRHNetError
-from MRHNetLib.infer import check_subject, predict
-from MRHNetLib.io import Gradients, read_volume
-from MRHNetLib.modelfile import read_info
-from MRHNetLib.phantom import simulate_subject
-from MRHNetLib.protocol import Protocol
+from MRHNetLib.network.infer import check_subject, predict
+from MRHNetLib.data.io import Gradients, read_volume
+from MRHNetLib.network.modelfile import read_info
+from MRHNetLib.simulation.phantom import simulate_subject
+from MRHNetLib.data.protocol import Protocol
 from MRHNetLib.resources import resource
-from MRHNetLib.subject import DWI, load_subject
+from MRHNetLib.data.subject import DWI, load_subject
 
 MODEL = "af-original-4blocks"
 INPUT_ROLES = ("t2w", "mt_on", "mt_off", "dwi_b2000", "dwi_b5000", "mask")
@@ -80,7 +80,7 @@ def test_cli_predict_resamples_to_the_models_voxel_size_and_matches_the_api(orig
 
 def test_slicer_scene_inference_gives_the_cli_map(original_subject):
     slicer = pytest.importorskip("slicer")
-    from MRHNetLib import scene as sc
+    from MRHNetLib.gui import scene as sc
 
     folder, cli_map = original_subject
     scene = slicer.vtkMRMLScene()
@@ -108,7 +108,7 @@ def test_default_protocol_subject_is_refused_by_the_original_network(tmp_path, c
     assert message.split(": ", 1)[1] in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())
     slicer = pytest.importorskip("slicer")
-    from MRHNetLib import scene as sc
+    from MRHNetLib.gui import scene as sc
 
     scene = slicer.vtkMRMLScene()
     slicer.mrmlScene = scene

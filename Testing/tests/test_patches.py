@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from MRHNetLib.errors import MRHNetError
-from MRHNetLib.io import Volume
-from MRHNetLib.patches import (PatchSet, SamplingConfig, extract_patches, iter_patches, mask_centres,
+from MRHNetLib.data.io import Volume
+from MRHNetLib.network.patches import (PatchSet, SamplingConfig, extract_patches, iter_patches, mask_centres,
                                sample_centres)
-from MRHNetLib.protocol import Channel, Protocol, plane_axes
-from MRHNetLib.subject import Subject
+from MRHNetLib.data.protocol import Channel, Protocol, plane_axes
+from MRHNetLib.data.subject import Subject
 
 
 def rotation_affine(angle_deg: float = 8.0, spacing=(0.1, 0.12, 0.15), origin=(3.0, -2.0, 5.0)) -> np.ndarray:

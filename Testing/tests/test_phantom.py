@@ -6,11 +6,11 @@ import pytest
 
 from MRHNetLib.cli import main
 from MRHNetLib.errors import MRHNetError
-from MRHNetLib.maps import b0_image, mtr
-from MRHNetLib.phantom import SIGNAL_SCALE, procedural_tissue, simulate_subject, write_phantoms, phantom_figure
-from MRHNetLib.protocol import Channel, Protocol, check_compatible, default_protocol, dwi_channels
-from MRHNetLib.subject import load_subject
-from MRHNetLib.tissue import dwi_signal
+from MRHNetLib.data.maps import b0_image, mtr
+from MRHNetLib.simulation.phantom import SIGNAL_SCALE, procedural_tissue, simulate_subject, write_phantoms, phantom_figure
+from MRHNetLib.data.protocol import Channel, Protocol, check_compatible, default_protocol, dwi_channels
+from MRHNetLib.data.subject import load_subject
+from MRHNetLib.simulation.tissue import dwi_signal
 
 ANATOMY_SHAPE = (50, 70, 32)  # the real anatomy at 0.25 mm: small enough for tests, real structure
 ROLES = ("t2w", "mt_on", "mt_off", "fa", "mask", "af", "nf", "mbp")

@@ -7,10 +7,10 @@ import pytest
 
 slicer = pytest.importorskip("slicer")
 
-from MRHNetLib import scene as sc  # noqa: E402
+from MRHNetLib.gui import scene as sc  # noqa: E402
 from MRHNetLib.errors import MRHNetError  # noqa: E402
-from MRHNetLib.io import Gradients, Volume, read_dwi, read_volume, write_dwi_nrrd, write_volume  # noqa: E402
-from MRHNetLib.subject import DWI  # noqa: E402
+from MRHNetLib.data.io import Gradients, Volume, read_dwi, read_volume, write_dwi_nrrd, write_volume  # noqa: E402
+from MRHNetLib.data.subject import DWI  # noqa: E402
 
 
 def rotation(ax: float, ay: float, az: float) -> np.ndarray:
@@ -37,7 +37,7 @@ def scene():
 
 @pytest.fixture(scope="module")
 def phantom():
-    from MRHNetLib.phantom import simulate_subject
+    from MRHNetLib.simulation.phantom import simulate_subject
 
     return simulate_subject("C1", seed=0, size="small")
 
@@ -118,7 +118,7 @@ def test_dwi_nrrd_with_measurement_frame_and_rotated_grid(scene, tmp_path):
 
 
 def test_dwi_nifti_with_fsl_gradients_and_4d_volume_with_gradient_file(scene, tmp_path):
-    from MRHNetLib.io import write_fsl_gradients
+    from MRHNetLib.data.io import write_fsl_gradients
 
     rng = np.random.default_rng(3)
     dwi = _dwi(rng, rotated_affine())
@@ -253,8 +253,8 @@ def test_loss_plot_table_series_chart(scene):
 def tiny_models(tmp_path_factory, phantom):
     import torch
 
-    from MRHNetLib.model import MRHNet
-    from MRHNetLib.modelfile import ModelInfo, save_model
+    from MRHNetLib.network.model import MRHNet
+    from MRHNetLib.network.modelfile import ModelInfo, save_model
 
     folder = tmp_path_factory.mktemp("models")
     paths = {}
@@ -279,7 +279,7 @@ def _wait(run, timeout=60):
 
 
 def test_inference_round_trip_rerun_and_cancel(scene, phantom, tiny_models):
-    pytest.importorskip("MRHNetLib.infer")
+    pytest.importorskip("MRHNetLib.network.infer")
     nodes = _phantom_nodes(scene, phantom)
     before = sc.scene_signature(scene)
 
@@ -317,9 +317,9 @@ def test_inference_round_trip_rerun_and_cancel(scene, phantom, tiny_models):
 
 
 def test_training_on_scene_nodes_with_live_loss_plot(scene, phantom, tmp_path):
-    pytest.importorskip("MRHNetLib.train")
-    from MRHNetLib.modelfile import read_info
-    from MRHNetLib.train import read_log
+    pytest.importorskip("MRHNetLib.network.train")
+    from MRHNetLib.network.modelfile import read_info
+    from MRHNetLib.network.train import read_log
 
     nodes = sc.add_subject_nodes(scene, phantom, "brain1")
     inputs = {k: nodes[k] for k in ("t2w", "mt_on", "mt_off", "dwi_b2000", "dwi_b5000")}
@@ -350,7 +350,9 @@ def test_overlay_figure_colours_the_brain_only(phantom, tmp_path):
     from PIL import Image
 
     maps = {"af": phantom.images["af"]}
-    path = sc.overlay_figure(phantom.images["t2w"], maps, tmp_path / "fig.png", title="brain1")
+    from MRHNetLib.display import overlay_figure
+
+    path = overlay_figure(phantom.images["t2w"], maps, tmp_path / "fig.png", title="brain1")
     rgb = np.asarray(Image.open(path).convert("RGB")).astype(int)
     spread = rgb.max(axis=2) - rgb.min(axis=2)
     assert (spread > 60).sum() > 200  # coloured (overlay) pixels exist

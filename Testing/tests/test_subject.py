@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from MRHNetLib.errors import MRHNetError
-from MRHNetLib.io import Gradients, Volume, read_volume, write_volume
-from MRHNetLib.protocol import default_protocol, fibonacci_directions
-from MRHNetLib.resample import resample_spacing, resample_subject, resample_to, to_subject_grid
-from MRHNetLib.subject import DWI, Subject, load_subject
+from MRHNetLib.data.io import Gradients, Volume, read_volume, write_volume
+from MRHNetLib.data.protocol import default_protocol, fibonacci_directions
+from MRHNetLib.data.resample import resample_spacing, resample_subject, resample_to, to_subject_grid
+from MRHNetLib.data.subject import DWI, Subject, load_subject
 
 SHAPE = (16, 18, 12)
 

@@ -12,15 +12,15 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from MRHNetLib.checkpoint import load_checkpoint
+from MRHNetLib.network.checkpoint import load_checkpoint
 from MRHNetLib.cli import main as cli_main
 from MRHNetLib.errors import MRHNetError
-from MRHNetLib.io import Gradients, Volume
-from MRHNetLib.model import MRHNet, init_weights
-from MRHNetLib.modelfile import ModelInfo, load_model, read_info, save_model
-from MRHNetLib.protocol import fibonacci_directions
-from MRHNetLib.subject import DWI, Subject
-from MRHNetLib.train import TrainConfig, build_training, finetune, read_log, train
+from MRHNetLib.data.io import Gradients, Volume
+from MRHNetLib.network.model import MRHNet, init_weights
+from MRHNetLib.network.modelfile import ModelInfo, load_model, read_info, save_model
+from MRHNetLib.data.protocol import fibonacci_directions
+from MRHNetLib.data.subject import DWI, Subject
+from MRHNetLib.network.train import TrainConfig, build_training, finetune, read_log, train
 
 ROOT = Path(__file__).resolve().parents[2]
 # one thread: on a shared 2-core machine OpenMP spinning makes 2 threads far slower for these tiny nets
@@ -64,7 +64,7 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_tiny_network_overfits_tiny_set(tmp_path):
-    from MRHNetLib.patches import SamplingConfig, extract_patches, sample_centres
+    from MRHNetLib.network.patches import SamplingConfig, extract_patches, sample_centres
 
     subject = tiny_subject(0)
     sampling = {"stride0": 3, "stride_fine": 3}
@@ -87,7 +87,7 @@ def test_tiny_network_overfits_tiny_set(tmp_path):
 @pytest.fixture(scope="module")
 def phantoms():
     """Two small simulated brains: C1 for training, R2 held out."""
-    from MRHNetLib.phantom import simulate_subject
+    from MRHNetLib.simulation.phantom import simulate_subject
 
     return simulate_subject("C1", seed=1, size="small"), simulate_subject("R2", seed=2, size="small")
 
@@ -106,7 +106,7 @@ def test_loss_falls_on_phantom_data(tmp_path, phantoms):
 
 
 def test_train_on_parameter_maps(tmp_path, phantoms):
-    from MRHNetLib.protocol import maps_protocol
+    from MRHNetLib.data.protocol import maps_protocol
 
     config = fast(epochs=3, batch_size=32, loss="l1")
     out = train([phantoms[0]], "mbp", tmp_path / "mbp.mrhnet", config, protocol=maps_protocol())

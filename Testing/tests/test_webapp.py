@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from MRHNetLib.errors import MRHNetError
-from MRHNetLib.webapp import (OUTPUT_PATTERN, SIM_FOLDER, list_model_folders, list_subjects, resolve_in,
+from MRHNetLib.gui.webapp import (OUTPUT_PATTERN, SIM_FOLDER, list_model_folders, list_subjects, resolve_in,
                               save_maps, subject_files)
 
 CHROMIUM = "/usr/bin/chromium"
@@ -66,7 +66,7 @@ def test_listing_stays_inside_the_data_folder(tmp_path):
 
 
 def test_save_maps_is_atomic_and_never_overwrites_an_input(tmp_path):
-    from MRHNetLib.io import Volume, read_volume
+    from MRHNetLib.data.io import Volume, read_volume
 
     folder = tmp_path / "mouse"
     folder.mkdir()
@@ -87,8 +87,8 @@ def test_save_maps_is_atomic_and_never_overwrites_an_input(tmp_path):
 
 def test_app_on_a_subject_folder_and_model_choices_stay_inside(tmp_path):
     """``mrhnet app SUBJECT`` shows that subject; model choices from the page cannot name files elsewhere."""
-    from MRHNetLib.phantom import simulate_subject
-    from MRHNetLib.webapp import SIMULATED, WebApp
+    from MRHNetLib.simulation.phantom import simulate_subject
+    from MRHNetLib.gui.webapp import SIMULATED, WebApp
 
     subject = tmp_path / "mouse"
     simulate_subject("C1", seed=1, size="small").save(subject)
@@ -113,10 +113,10 @@ def _make_models(data: Path) -> tuple[list[str], str]:
     """Model choices for the run (shipped demo models when present, else small random ones in the data
     folder), a deliberately slow model in the data folder for the cancel check, and one whose protocol
     (10 directions per shell) the simulated brain does not fit."""
-    from MRHNetLib.catalog import list_models
-    from MRHNetLib.model import MRHNet
-    from MRHNetLib.modelfile import ModelInfo, save_model
-    from MRHNetLib.protocol import default_protocol
+    from MRHNetLib.network.catalog import list_models
+    from MRHNetLib.network.model import MRHNet
+    from MRHNetLib.network.modelfile import ModelInfo, save_model
+    from MRHNetLib.data.protocol import default_protocol
 
     protocol = default_protocol()
     torch_seed = 0

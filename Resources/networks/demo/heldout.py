@@ -1,5 +1,5 @@
 """Held-out numbers of the demo networks on a simulated brain that no network saw (neither in training
-nor for validation): the engine's agreement measures (:func:`MRHNetLib.evaluate.agreement`: SSIM, PSNR,
+nor for validation): the engine's agreement measures (:func:`MRHNetLib.evaluation.evaluate.agreement`: SSIM, PSNR,
 Pearson r, RMSE, ROC-AUC of the top-20 % voxels) plus the coefficient of determination R^2, inside the
 brain mask, on the target's own 0-255 scale.
 
@@ -12,10 +12,10 @@ import sys
 
 import numpy as np
 
-from MRHNetLib.evaluate import agreement
-from MRHNetLib.infer import predict
-from MRHNetLib.modelfile import load_model
-from MRHNetLib.subject import load_subject
+from MRHNetLib.evaluation.evaluate import agreement
+from MRHNetLib.network.infer import predict
+from MRHNetLib.network.modelfile import load_model
+from MRHNetLib.data.subject import load_subject
 
 
 def main(subject_dir: str, *models: str) -> None:

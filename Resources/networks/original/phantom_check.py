@@ -1,4 +1,4 @@
-"""Run the original MRH-AF networks through the product's inference (:func:`MRHNetLib.infer.predict`, the
+"""Run the original MRH-AF networks through the product's inference (:func:`MRHNetLib.network.infer.predict`, the
 path of ``mrhnet predict`` and the Slicer module) on a brain simulated with the original protocol, and
 report the Pearson correlation of their AF map with the phantom's AF truth inside the brain, for both
 T2/MT channel orders. Writes ``af_vs_phantom_<brain>.json`` (and, with ``--figure``, the ``.png``) into
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from MRHNetLib.infer import as_model, predict
-from MRHNetLib.phantom import coronal_slice, simulate_subject
-from MRHNetLib.protocol import Protocol, plane_axes
+from MRHNetLib.network.infer import as_model, predict
+from MRHNetLib.simulation.phantom import coronal_slice, simulate_subject
+from MRHNetLib.data.protocol import Protocol, plane_axes
 from MRHNetLib.resources import resource
 
 NETWORKS = {"4 blocks": "af-original-4blocks", "9 blocks": "af-original-9blocks"}
@@ -56,7 +56,7 @@ def main(out_dir: Path, brain: str = "C1", seed: int = 0, n_slices: int = 12, fi
     truth = af[mask]
     result: dict = {"brain": brain, "seed": seed, "grid": "200x280x128 at 0.0625 mm",
                     "protocol": "Resources/protocols/original.json",
-                    "inference": "MRHNetLib.infer.predict (device cpu, fp32), brain mask restricted to the "
+                    "inference": "MRHNetLib.network.infer.predict (device cpu, fp32), brain mask restricted to the "
                                  "coronal slices below",
                     "coronal_slices": chosen.tolist(), "voxels": int(mask.sum()),
                     "truth_mean": round(float(truth.mean()), 1), "simulation_s": round(simulated_s)}

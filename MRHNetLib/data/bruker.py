@@ -34,7 +34,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .errors import MRHNetError
+from ..errors import MRHNetError
 from .protocol import DWI_ROLES, IMAGE_ROLES, Channel, Normalisation, Protocol, dwi_channels
 
 # rows: R, A, S; columns: read, phase, slice (see the module docstring)

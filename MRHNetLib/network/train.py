@@ -2,11 +2,11 @@
 
 :func:`train` fits a new network to one target (AF, NF, MBP or a user's) from training subjects;
 :func:`finetune` starts from a trained model and replaces its head (Conv4, Conv5) as the original made
-MRH-NF and MRH-MBP from MRH-AF. Both write a safe model file (:mod:`MRHNetLib.modelfile`) and keep a run
+MRH-NF and MRH-MBP from MRH-AF. Both write a safe model file (:mod:`MRHNetLib.network.modelfile`) and keep a run
 folder (``NAME.run/`` beside ``NAME.mrhnet`` unless given) with:
 
 * ``checkpoint/``: the last complete checkpoint (weights, optimiser, scheduler, epoch, random states,
-  sample order, best weights), written atomically after every epoch (:mod:`MRHNetLib.checkpoint`);
+  sample order, best weights), written atomically after every epoch (:mod:`MRHNetLib.network.checkpoint`);
 * ``log.csv`` and ``log.json``: per-epoch training / validation loss, learning rate, time;
 * ``curve.png``: the loss curves (also on demand: :func:`plot_log`, ``mrhnet train --plot RUN_DIR``).
 
@@ -42,13 +42,13 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
-from .files import atomic_write_bytes, atomic_write_text
-from .errors import MRHNetError, Progress, ProgressCallback, as_progress
+from ..files import atomic_write_bytes, atomic_write_text
+from ..errors import MRHNetError, Progress, ProgressCallback, as_progress
 from .model import MRHNet, init_weights, reinit_conv
 from .modelfile import SUFFIX, LoadedModel, ModelInfo, load_model, save_model
-from .orient import canonical_subject
-from .protocol import Protocol, check_compatible, scale_group
-from .subject import Subject
+from ..data.orient import canonical_subject
+from ..data.protocol import Protocol, check_compatible, scale_group
+from ..data.subject import Subject
 
 FINETUNE_LR = 1e-4
 LOG_FIELDS = ("epoch", "train_loss", "val_loss", "lr", "seconds", "samples_per_s")
@@ -85,7 +85,7 @@ class TrainConfig:
     num_threads: int = 0            # CPU threads for torch (0: torch's default)
     checkpoint_steps: int = 0       # also checkpoint every N steps inside an epoch (0: per epoch only)
     preload_mb: int = 4096          # materialise training patches on the device up to this size
-    sampling: dict[str, Any] = field(default_factory=dict)  # SamplingConfig options (MRHNetLib.patches)
+    sampling: dict[str, Any] = field(default_factory=dict)  # SamplingConfig options (MRHNetLib.network.patches)
 
     def __post_init__(self) -> None:
         choices = {"loss": ("mse", "l1"), "init": ("glorot", "orthogonal"), "clip_method": ("param", "global"),
@@ -264,7 +264,7 @@ def _target_scale(subjects: Sequence[Subject], target: str, percentile: float) -
 
 def _prepare(subjects: Sequence[Subject], val_subjects: Sequence[Subject] | None, target: str,
              protocol: Protocol, config: TrainConfig) -> tuple[SampleSet, SampleSet, Protocol, dict]:
-    """Sample both sets (:mod:`MRHNetLib.patches`) and fill the protocol's patch geometry, target scale
+    """Sample both sets (:mod:`MRHNetLib.network.patches`) and fill the protocol's patch geometry, target scale
     and reference input scales."""
     from .patches import SamplingConfig
 
@@ -303,7 +303,7 @@ def _patch_set(subjects: Sequence[Subject], target: str, protocol: Protocol, sam
 
     stacks, targets, centres, affines = [], [], [], []
     for s in subjects:
-        s = canonical_subject(s)[0]  # patches in the networks' one voxel orientation (MRHNetLib.orient)
+        s = canonical_subject(s)[0]  # patches in the networks' one voxel orientation (MRHNetLib.data.orient)
         x, y, mask, scales = _subject_arrays(s, protocol, target)
         for ch, sc in zip(protocol.channels, scales):
             groups.setdefault(scale_group(ch.role), []).append(float(sc))
@@ -354,7 +354,7 @@ class _Dist:
 
 
 def _device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto``: CUDA when present, else CPU (:func:`MRHNetLib.infer.resolve_device`); a bare ``cuda``
+    """``auto``: CUDA when present, else CPU (:func:`MRHNetLib.network.infer.resolve_device`); a bare ``cuda``
     means the local rank's GPU."""
     from .infer import resolve_device
 

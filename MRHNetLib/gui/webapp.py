@@ -3,14 +3,14 @@
 The page has a panel like the Slicer module's (subject, models, device, Run / Cancel with progress, the
 protocol check's errors, overlay choice and opacity, evaluation, save) next to axial, coronal and
 sagittal slice views of a real MRML scene (T2w background, virtual stain as coloured overlay) and an
-optional 3D view. Scene and display code is shared with the Slicer module (:mod:`MRHNetLib.scene`).
+optional 3D view. Scene and display code is shared with the Slicer module (:mod:`MRHNetLib.gui.scene`).
 
 Security: the app has no login. It serves 127.0.0.1 unless told otherwise, and it reads and writes files
 only inside the data folder it was started with: every path that comes from the page goes through
 :func:`resolve_in`, which refuses absolute paths, ``..`` and symlinks that leave the folder.
 
 Long work (loading a subject, simulating the brain, inference) runs in a background thread
-(:mod:`MRHNetLib.jobs`); an asyncio task on the server loop reads its progress and updates the page, so
+(:mod:`MRHNetLib.gui.jobs`); an asyncio task on the server loop reads its progress and updates the page, so
 the page never freezes. The scene is only touched from the server loop.
 """
 from __future__ import annotations
@@ -20,11 +20,11 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import MRHNetError
+from ..errors import MRHNetError
 
 SIMULATED = "@simulated"  # subject choice value of the built-in simulated brain
 SIMULATED_TITLE = "Simulated brain (built in)"
-SIMULATED_BRAIN = "C1"  # which anatomy the simulated brain follows (see MRHNetLib.phantom)
+SIMULATED_BRAIN = "C1"  # which anatomy the simulated brain follows (see MRHNetLib.simulation.phantom)
 SHIPPED_PREFIX = "shipped:"
 DATA_PREFIX = "data:"
 OUTPUT_PATTERN = "mrh_{target}.nii.gz"  # saved map file names inside the subject folder
@@ -79,7 +79,7 @@ def _walk(root: Path, depth: int = MAX_DEPTH):
 
 def list_subjects(root: str | os.PathLike) -> list[str]:
     """Subject folders (holding a T2w image) under the data folder, as paths relative to it ('.' for itself)."""
-    from .subject import IMAGE_SUFFIXES
+    from ..data.subject import IMAGE_SUFFIXES
 
     base = Path(root).resolve()
     return [_relative(base, f) for f in _walk(base)
@@ -88,7 +88,7 @@ def list_subjects(root: str | os.PathLike) -> list[str]:
 
 def list_model_folders(root: str | os.PathLike) -> list[str]:
     """User model folders (``*.mrhnet``) under the data folder, relative to it."""
-    from .modelfile import SUFFIX
+    from ..network.modelfile import SUFFIX
 
     base = Path(root).resolve()
     found = []
@@ -101,9 +101,9 @@ def list_model_folders(root: str | os.PathLike) -> list[str]:
 
 
 def save_maps(folder: str | os.PathLike, maps: dict[str, Any], inputs: set[Path] = frozenset()) -> list[Path]:
-    """Write each map to ``folder/mrh_<target>.nii.gz`` atomically (:func:`MRHNetLib.infer.write_maps`);
+    """Write each map to ``folder/mrh_<target>.nii.gz`` atomically (:func:`MRHNetLib.network.infer.write_maps`);
     refuse to replace any of ``inputs``. Every path is checked before the first file is written."""
-    from .infer import write_maps
+    from ..network.infer import write_maps
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -113,8 +113,8 @@ def save_maps(folder: str | os.PathLike, maps: dict[str, Any], inputs: set[Path]
 
 def subject_files(folder: Path) -> set[Path]:
     """The image / gradient files a subject folder provides (never overwritten by a save)."""
-    from .subject import IMAGE_SUFFIXES, SCALAR_ROLES
-    from .protocol import DWI_ROLES
+    from ..data.subject import IMAGE_SUFFIXES, SCALAR_ROLES
+    from ..data.protocol import DWI_ROLES
 
     names = {f"{r}{s}" for r in SCALAR_ROLES + DWI_ROLES for s in IMAGE_SUFFIXES}
     names |= {f"{r}.{k}" for r in DWI_ROLES for k in ("bval", "bvec")}
@@ -128,11 +128,11 @@ def available_devices() -> list[str]:
 
 
 def evaluation(subject, maps: dict[str, Any], progress=None) -> tuple[list[list[str]], bytes] | None:
-    """The evaluation report of ``maps`` against the subject's own histology (:mod:`MRHNetLib.evaluate`)
+    """The evaluation report of ``maps`` against the subject's own histology (:mod:`MRHNetLib.evaluation.evaluate`)
     as table rows and a PNG figure; None when the subject has no truth for any map."""
     import tempfile
 
-    from .evaluate import MARKERS, evaluate, figure
+    from ..evaluation.evaluate import MARKERS, evaluate, figure
 
     chosen = {t: v for t, v in maps.items() if not t.endswith("_std") and t in subject.targets()}
     if not chosen:
@@ -231,7 +231,7 @@ class WebApp:
         s.change("show_3d")(lambda show_3d, **_: self._set_3d(bool(show_3d)))
 
     def _model_items(self) -> tuple[list[dict], list[str]]:
-        from .catalog import list_models
+        from ..network.catalog import list_models
 
         items, default = [], []
         for e in list_models():
@@ -247,7 +247,7 @@ class WebApp:
 
     def model_path(self, value: str) -> Path:
         """Path of a model choice; data-folder models are resolved inside the data folder only."""
-        from .catalog import list_models
+        from ..network.catalog import list_models
 
         if value.startswith(SHIPPED_PREFIX):  # only the catalog's own names, never a path
             for entry in list_models():
@@ -330,7 +330,7 @@ class WebApp:
     async def _watch(self, job, on_done: Callable[[Any], None], on_fail: Callable[[], None]) -> None:
         import asyncio
 
-        from .errors import Cancelled
+        from ..errors import Cancelled
 
         while not job.done:
             if self._job is not job:  # superseded (a new subject was chosen while loading)
@@ -394,10 +394,10 @@ class WebApp:
 
         def work(progress):
             if folder is None:
-                from .phantom import simulate_subject
+                from ..simulation.phantom import simulate_subject
 
                 return simulate_subject(SIMULATED_BRAIN, seed=0, size=size, progress=progress)
-            from .subject import load_subject
+            from ..data.subject import load_subject
 
             return load_subject(folder)
 
@@ -425,7 +425,7 @@ class WebApp:
 
     def _check_models(self) -> None:
         """The protocol check of every chosen model against the subject, shown before running."""
-        from .modelfile import load_model
+        from ..network.modelfile import load_model
         from .scene import model_problems
 
         errors = []
@@ -443,7 +443,7 @@ class WebApp:
         if self._subject is None or self.state.running or self.state.loading:
             return
         try:
-            from .modelfile import load_model
+            from ..network.modelfile import load_model
 
             models = [load_model(self.model_path(v)) for v in self.state.selected_models]
             if not models:
@@ -460,7 +460,7 @@ class WebApp:
         self.state.running, self.state.saved = True, ""
 
         def work(progress):
-            from .infer import predict
+            from ..network.infer import predict
 
             maps = predict(subject, models, device=device, progress=progress.sub(0.0, 0.85),
                            chunk_voxels=CHUNK_VOXELS)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import MRHNetError, Progress, as_progress
+from ..errors import MRHNetError, Progress, as_progress
 from .io import Gradients
 
 if TYPE_CHECKING:

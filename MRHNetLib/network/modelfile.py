@@ -1,7 +1,7 @@
 """Safe model files: a folder ``NAME.mrhnet/`` with ``weights.safetensors`` and ``model.json``.
 
 ``model.json`` holds everything needed to use the network correctly: architecture and depth, the input
-:class:`~MRHNetLib.protocol.Protocol` (channel roles, b-values, directions, patch plane and size,
+:class:`~MRHNetLib.data.protocol.Protocol` (channel roles, b-values, directions, patch plane and size,
 normalisation including the target scale, voxel size), the target and its units, a training summary,
 provenance and the software version, and the SHA-256 of the weights. Loading never unpickles: weights
 are read with safetensors only, and a file whose hash does not match, or that is a pickle / torch.save
@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 
-from .errors import MRHNetError
-from .files import read_json, sha256_file
+from ..errors import MRHNetError
+from ..files import read_json, sha256_file
 from .model import MRHNet
-from .protocol import Protocol
+from ..data.protocol import Protocol
 
 FORMAT = "mrhnet-model"
 FORMAT_VERSION = 1
@@ -44,7 +44,7 @@ class ModelInfo:
     provenance: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        from . import __version__
+        from .. import __version__
 
         return {"format": FORMAT, "format_version": FORMAT_VERSION,
                 "architecture": {"name": "MRHNet", "in_channels": self.protocol.n_channels, "depth": self.depth,

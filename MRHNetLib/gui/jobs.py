@@ -24,7 +24,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .errors import Cancelled, MRHNetError, Progress
+from ..errors import Cancelled, MRHNetError, Progress
 
 PENDING, RUNNING, CANCELLING, DONE, FAILED, CANCELLED = (
     "pending", "running", "cancelling", "done", "failed", "cancelled")

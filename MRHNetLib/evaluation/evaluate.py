@@ -29,9 +29,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .errors import MRHNetError, as_progress
-from .files import atomic_write_text
-from .io import Volume
+from ..errors import MRHNetError, as_progress
+from ..files import atomic_write_text
+from ..data.io import Volume
 
 MARKERS = ("fa", "mtr", "t2w", "md")
 MARKER_NAMES = {"fa": "FA", "mtr": "MTR", "t2w": "T2w", "md": "MD"}
@@ -133,7 +133,7 @@ def region_table(truth: np.ndarray, pred: np.ndarray, mask: np.ndarray, labels: 
 
 def channel_groups(protocol) -> dict[str, list[int]]:
     """Perturbation groups of a protocol's channels: b2000, b5000, T2w, MT (raw) or one per map."""
-    from .protocol import scale_group
+    from ..data.protocol import scale_group
 
     groups: dict[str, list[int]] = {}
     for c, ch in enumerate(protocol.channels):
@@ -148,16 +148,16 @@ def perturbation(model, subject, truth: np.ndarray, *, noise: float = 0.1, n_sam
     in the mask) is added to one channel group at a time, on a random sample of brain voxels."""
     import torch
 
-    from .fastconv import PatchNet
-    from .infer import as_model, patch_batch, resolve_device
-    from .orient import canonical_subject, reorient
-    from .protocol import plane_axes
+    from ..network.fastconv import PatchNet
+    from ..network.infer import as_model, patch_batch, resolve_device
+    from ..data.orient import canonical_subject, reorient
+    from ..data.protocol import plane_axes
 
     prog = as_progress(progress)
     model = as_model(model)
     proto = model.info.protocol
     dev = resolve_device(device)
-    canon, transform = canonical_subject(subject)  # the orientation the network expects (MRHNetLib.orient)
+    canon, transform = canonical_subject(subject)  # the orientation the network expects (MRHNetLib.data.orient)
     if transform is not None:
         truth, subject = reorient(Volume(np.asarray(truth), subject.affine), transform).data, canon
     stack = subject.inputs(proto)
@@ -314,7 +314,7 @@ def evaluate(predictions: Mapping[str, Volume | np.ndarray], truth: Mapping[str,
     if model_list:
         if subject is None:
             raise MRHNetError("the perturbation analysis needs the subject's input images (give a subject folder)")
-        from .infer import as_model
+        from ..network.infer import as_model
 
         loaded = [as_model(m) for m in model_list]
         for k, m in enumerate(loaded):
@@ -336,7 +336,7 @@ def evaluate(predictions: Mapping[str, Volume | np.ndarray], truth: Mapping[str,
                "notes": notes}
     slice_axis = 1
     if subject is not None:
-        from .protocol import plane_axes
+        from ..data.protocol import plane_axes
 
         slice_axis = plane_axes(subject.affine, "coronal")[0]
     prog.update(1.0, "evaluated")

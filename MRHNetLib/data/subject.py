@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MRHNetError
+from ..errors import MRHNetError
 from .io import Gradients, Volume, read_dwi, read_volume, write_fsl_gradients, write_volume
 from .protocol import (DWI_ROLES, IMAGE_ROLES, MAP_ROLES, TARGET_ROLES, Channel, Protocol,
                        dwi_channels, scale_group)
@@ -144,7 +144,7 @@ class Subject:
         """Network input as (C, X, Y, Z) float32, channels in the protocol's order, normalised as it says.
 
         DWI channels are taken in the subject's own volume order (check compatibility first with
-        :func:`MRHNetLib.protocol.check_compatible`)."""
+        :func:`MRHNetLib.data.protocol.check_compatible`)."""
         return self.inputs_and_scales(protocol)[0]
 
     def inputs_and_scales(self, protocol: Protocol) -> tuple[np.ndarray, np.ndarray]:
@@ -205,7 +205,7 @@ def grid_mismatch(ref: Volume, vol: Volume) -> str | None:
 
 
 def input_scales(stack: np.ndarray, protocol: Protocol, mask: np.ndarray) -> np.ndarray:
-    """One divisor per channel (see :class:`~MRHNetLib.protocol.Normalisation`)."""
+    """One divisor per channel (see :class:`~MRHNetLib.data.protocol.Normalisation`)."""
     norm = protocol.normalisation
     if norm.method == "global_max":
         top = float(stack.max())

@@ -16,9 +16,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import MRHNetError
+from ..errors import MRHNetError
 from .modelfile import SUFFIX, ModelInfo, read_info
-from .resources import resources_dir
+from ..resources import resources_dir
 
 KINDS = ("demo", "original")
 

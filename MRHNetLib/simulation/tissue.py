@@ -3,7 +3,7 @@
 A :class:`Tissue` holds, for the voxels of a support region, the volume fractions of five water / tissue
 compartments and the fibre geometry; the functions below turn it into the three RARE images, DWI
 shells at any b-values and directions, and the AF / NF / MBP histology maps. Every signal is
-noise-free here (see :mod:`MRHNetLib.phantom` for bias and Rician noise).
+noise-free here (see :mod:`MRHNetLib.simulation.phantom` for bias and Rician noise).
 
 Compartments (volume fractions, summing to 1 in every voxel):
 

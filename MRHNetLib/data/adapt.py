@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import MRHNetError, Progress, as_progress
+from ..errors import MRHNetError, Progress, as_progress
 from .io import Gradients
 from .protocol import DWI_ROLES, Channel, Protocol
 

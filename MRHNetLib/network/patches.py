@@ -1,7 +1,7 @@
 """Training samples: where patches are taken (as the original ``MRH_trainingPrep``) and how they are cut.
 
 Sampling (:func:`sample_centres`), in the protocol's anatomical patch plane (array axes from
-:func:`~MRHNetLib.protocol.plane_axes`), over an optional range of slices:
+:func:`~MRHNetLib.data.protocol.plane_axes`), over an optional range of slices:
 
 * candidate centres lie on a square grid in each slice, starting at ``half_patch`` and ending
   ``half_patch`` voxels before the slice edge, with step ``stride0`` (20, as the original);
@@ -26,8 +26,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .errors import MRHNetError
-from .protocol import PLANES, plane_axes
+from ..errors import MRHNetError
+from ..data.protocol import PLANES, plane_axes
 
 ORIGINAL_SUM_THRESHOLD = 30.0  # on 0-255 uint8 maps
 ORIGINAL_SCALE = 255.0

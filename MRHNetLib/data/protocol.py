@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import MRHNetError
+from ..errors import MRHNetError
 
 DWI_ROLES = ("dwi_b2000", "dwi_b5000")
 IMAGE_ROLES = ("t2w", "mt_on", "mt_off")
@@ -193,7 +193,7 @@ def plane_axes(affine: np.ndarray, plane: str) -> tuple[int, int, int]:
     The slice axis is the array axis closest to the plane's normal (sagittal: L-R, coronal: A-P,
     axial: I-S); rows and columns are the other two array axes in anatomical order (R, A, S). Axis
     directions (flips) are not looked at here: training and inference first put subjects in one voxel
-    orientation (:mod:`MRHNetLib.orient`)."""
+    orientation (:mod:`MRHNetLib.data.orient`)."""
     if plane not in PLANES:
         raise MRHNetError(f"unknown patch plane '{plane}' (use {', '.join(PLANES)})")
     lin = np.abs(np.asarray(affine)[:3, :3])

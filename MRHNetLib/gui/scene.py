@@ -17,22 +17,21 @@ Conventions:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
-from .errors import MRHNetError
-from .io import Gradients, Volume, read_dwi, read_fsl_gradients, read_gradient_table, suffix_of
-from .subject import DWI, Subject
+from ..errors import MRHNetError
+from ..data.io import Gradients, Volume, read_dwi, read_fsl_gradients, read_gradient_table, suffix_of
+from ..data.subject import DWI, Subject
+from ..display import DEFAULT_OPACITY, colour_ramp, display_range, output_name, stain_of
 
 OUTPUT_ATTRIBUTE = "MRHNet.Output"
 SOURCE_ATTRIBUTE = "MRHNet.Source"
 COLOR_ATTRIBUTE = "MRHNet.Colors"
 PLOT_ATTRIBUTE = "MRHNet.LossPlot"
 SUBJECT_ATTRIBUTE = "MRHNet.Subject"
-DEFAULT_OPACITY = 0.6
 SCALAR_CLASSES = ("vtkMRMLScalarVolumeNode", "vtkMRMLLabelMapVolumeNode")
 
 
@@ -333,43 +332,6 @@ def source_node_of(**inputs):
 # Colour tables and display
 
 
-@dataclass(frozen=True)
-class Stain:
-    """How one target is shown: a colour ramp (value 0..1 -> RGB control points) and a label."""
-
-    label: str
-    points: tuple[tuple[float, tuple[float, float, float]], ...]
-
-
-STAINS: dict[str, Stain] = {
-    # autofluorescence: dark -> fluorescent green -> yellow
-    "af": Stain("AF", ((0.0, (0.0, 0.05, 0.0)), (0.45, (0.1, 0.65, 0.1)), (0.8, (0.6, 0.95, 0.2)),
-                       (1.0, (1.0, 1.0, 0.4)))),
-    # neurofilament: a warm "hot"-like ramp
-    "nf": Stain("NF", ((0.0, (0.1, 0.0, 0.0)), (0.35, (0.8, 0.1, 0.0)), (0.7, (1.0, 0.6, 0.0)),
-                       (1.0, (1.0, 1.0, 0.75)))),
-    # myelin basic protein: dark blue -> purple -> pale lilac
-    "mbp": Stain("MBP", ((0.0, (0.02, 0.0, 0.15)), (0.4, (0.2, 0.2, 0.75)), (0.75, (0.6, 0.3, 0.85)),
-                         (1.0, (0.95, 0.85, 1.0)))),
-}
-UNCERTAINTY = Stain("SD", ((0.0, (0.0, 0.0, 0.0)), (0.5, (0.45, 0.45, 0.5)), (1.0, (1.0, 1.0, 1.0))))
-
-
-def stain_of(key: str) -> Stain:
-    """The display of an output key (``af``, ``nf_std``, ...); unknown targets get a grey ramp."""
-    if key.endswith("_std"):
-        return Stain(f"{key[:-4].upper()}-SD", UNCERTAINTY.points)
-    return STAINS.get(key, Stain(key.upper(), UNCERTAINTY.points))
-
-
-def colour_ramp(stain: Stain, n: int = 256) -> np.ndarray:
-    """(n, 3) RGB values interpolated between the stain's control points."""
-    x = np.linspace(0.0, 1.0, n)
-    pos = np.array([p for p, _ in stain.points])
-    rgb = np.array([c for _, c in stain.points])
-    return np.stack([np.interp(x, pos, rgb[:, ch]) for ch in range(3)], axis=1)
-
-
 def color_node(scene, key: str):
     """The scene's colour table for an output key, created once (tagged ``MRHNet.Colors``)."""
     stain = stain_of(key)
@@ -388,15 +350,6 @@ def color_node(scene, key: str):
     scene.AddNode(node)
     node.UnRegister(None)  # the scene holds the reference
     return node
-
-
-def display_range(data: np.ndarray) -> tuple[float, float]:
-    """(low, high) window of a map: 0 to the 99.5th percentile of its positive voxels."""
-    pos = data[data > 0]
-    if pos.size == 0:
-        return 0.0, 1.0
-    high = float(np.percentile(pos, 99.5))
-    return 0.0, high if high > 0 else float(pos.max())
 
 
 def style_output(scene, node, key: str) -> Any:
@@ -432,11 +385,6 @@ def show_overlay(scene, foreground, background=None, opacity: float = DEFAULT_OP
 
 # ---------------------------------------------------------------------------------------------
 # Output nodes
-
-
-def output_name(input_name: str, key: str) -> str:
-    """``brain1 MRH-AF``; uncertainty maps ``brain1 MRH-AF-SD``."""
-    return f"{input_name} MRH-{stain_of(key).label}"
 
 
 def _source_tag(source) -> str:
@@ -623,8 +571,8 @@ class LossPlot:
 
 def load_models(models: Iterable[Any]) -> list[Any]:
     """Loaded models from catalog names (``af``), model folders or already loaded models."""
-    from .catalog import resolve
-    from .modelfile import LoadedModel, load_model
+    from ..network.catalog import resolve
+    from ..network.modelfile import LoadedModel, load_model
 
     loaded = [m if isinstance(m, LoadedModel) else load_model(resolve(m)) for m in models]
     if not loaded:
@@ -634,7 +582,7 @@ def load_models(models: Iterable[Any]) -> list[Any]:
 
 def model_problems(subject: Subject, models: Iterable[Any]) -> list[str]:
     """The engine's protocol-check message for every model the subject does not fit (empty: all fit)."""
-    from .infer import check_subject
+    from ..network.infer import check_subject
 
     problems = []
     for model in models:
@@ -648,13 +596,13 @@ def model_problems(subject: Subject, models: Iterable[Any]) -> list[str]:
 
 
 def _predict(subject: Subject, models: list[Any], device: str = "auto", progress=None) -> dict[str, Volume]:
-    from .infer import predict
+    from ..network.infer import predict
 
     return predict(subject, models, device=device, progress=progress)
 
 
 class _SceneWork:
-    """Start and cancel of a background job (``self.job``, a :class:`~MRHNetLib.jobs.Job`) on scene nodes."""
+    """Start and cancel of a background job (``self.job``, a :class:`~MRHNetLib.gui.jobs.Job`) on scene nodes."""
 
     job: Any
 
@@ -735,7 +683,7 @@ def gradients_from_path(path: str | os.PathLike, affine: np.ndarray) -> Gradient
 
 def _train(subjects: list[Subject], target: str, out: str, config: Any, base_model: Any, run_dir: str,
            progress=None) -> Path:
-    from .train import finetune, train
+    from ..network.train import finetune, train
 
     if base_model is not None:
         return finetune(base_model, subjects, target, out, config, progress=progress, run_dir=run_dir)
@@ -747,7 +695,7 @@ class SceneTraining(_SceneWork):
 
     ``target``: the histology volume node; ``stain``: its kind (``af``, ``nf``, ``mbp``); ``out``: the
     model folder to write (``NAME.mrhnet``); ``base_model``: catalog name / path to fine-tune from.
-    ``options``: :class:`~MRHNetLib.train.TrainConfig` fields (depth, epochs, lr, device ...).
+    ``options``: :class:`~MRHNetLib.network.train.TrainConfig` fields (depth, epochs, lr, device ...).
     :meth:`poll` refreshes the loss plot from the run's log after every epoch."""
 
     def __init__(self, scene, target, stain: str, out: str | os.PathLike, *, base_model: Any = None,
@@ -756,7 +704,7 @@ class SceneTraining(_SceneWork):
         import tempfile
 
         from .jobs import Job
-        from .train import TrainConfig
+        from ..network.train import TrainConfig
 
         if target is None:
             raise MRHNetError("choose the histology (target) volume to train on")
@@ -782,7 +730,7 @@ class SceneTraining(_SceneWork):
         return events
 
     def refresh_plot(self) -> None:
-        from .train import read_log
+        from ..network.train import read_log
 
         try:
             history = read_log(self.run_dir)
@@ -791,41 +739,3 @@ class SceneTraining(_SceneWork):
         if len(history) != self._epochs_shown:
             self.plot.set_history(history)
             self._epochs_shown = len(history)
-
-
-def overlay_figure(background: Volume, maps: dict[str, Volume], out: str | os.PathLike,
-                   opacity: float = DEFAULT_OPACITY, title: str = "") -> Path:
-    """A PNG of the maps as coloured overlays on the background's middle coronal slice, with the same
-    colour tables, window and transparent zero as the scene display (for the README and reports)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .protocol import plane_axes
-
-    axis = plane_axes(background.affine, "coronal")[0]
-    mid = background.shape3[axis] // 2
-
-    def cut(data: np.ndarray) -> np.ndarray:
-        return np.rot90(np.take(data, mid, axis=axis))
-
-    grey = cut(background.data)
-    grey = np.clip(grey / (np.percentile(grey[grey > 0], 99.5) if np.any(grey > 0) else 1.0), 0, 1)
-    fig, axes = plt.subplots(1, len(maps), figsize=(3.2 * len(maps), 3.4), squeeze=False)
-    for ax, (key, vol) in zip(axes[0], maps.items()):
-        low, high = display_range(vol.data)
-        values = cut(vol.data)
-        ramp = colour_ramp(stain_of(key))
-        idx = np.clip((values - low) / max(high - low, 1e-12) * 255, 0, 255).astype(int)
-        alpha = np.where(values > max(high * 1e-3, 1e-12), opacity, 0.0)[..., None]
-        rgb = (1 - alpha) * np.repeat(grey[..., None], 3, axis=2) + alpha * ramp[idx]
-        ax.imshow(rgb, interpolation="nearest")
-        ax.set_title(output_name(title or background.name or "brain", key), fontsize=9)
-        ax.axis("off")
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out

@@ -25,7 +25,7 @@ from typing import Iterator
 
 import torch
 
-from .errors import MRHNetError
+from ..errors import MRHNetError
 from .model import MRHNet
 
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -37,7 +37,7 @@ def _ranges(d: int, p: int) -> tuple[slice, slice]:
 
 
 class PatchNet:
-    """An :class:`~MRHNetLib.model.MRHNet` prepared for centre-of-patch inference on batches of patches.
+    """An :class:`~MRHNetLib.network.model.MRHNet` prepared for centre-of-patch inference on batches of patches.
 
     ``PatchNet(net, device, precision)(x)`` with ``x`` of shape (P, P, N, C_in) returns the (N,) centre
     outputs, equal to ``net(patches)[:, 0, h, h]`` to float rounding."""

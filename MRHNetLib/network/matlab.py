@@ -29,9 +29,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .errors import MRHNetError, Progress, ProgressCallback, as_progress
-from .files import sha256_file
-from .protocol import Normalisation, Protocol
+from ..errors import MRHNetError, Progress, ProgressCallback, as_progress
+from ..files import sha256_file
+from ..data.protocol import Normalisation, Protocol
 
 ORIGINAL_VOXEL_MM = 0.0625
 ORIGINAL_TARGET_SCALE = 255.0
@@ -250,7 +250,7 @@ def _training_info(variables: dict[str, Any]) -> dict[str, Any]:
 # --- graph check -----------------------------------------------------------------------------
 @dataclass
 class MRHNetPlan:
-    """How a DAGNetwork maps onto :class:`MRHNetLib.model.MRHNet`."""
+    """How a DAGNetwork maps onto :class:`MRHNetLib.network.model.MRHNet`."""
 
     in_channels: int
     depth: int
@@ -415,7 +415,7 @@ def _check_layers(inp: MatLayer, convs: list[MatLayer], depth: int, where: str) 
 
 # --- conversion ------------------------------------------------------------------------------
 def to_mrhnet(dag: DAGFile, plan: MRHNetPlan | None = None):
-    """The :class:`~MRHNetLib.model.MRHNet` with ``dag``'s weights (checked with :func:`match_mrhnet`)."""
+    """The :class:`~MRHNetLib.network.model.MRHNet` with ``dag``'s weights (checked with :func:`match_mrhnet`)."""
     import torch
 
     from .model import MRHNet
@@ -437,12 +437,12 @@ def original_protocol(mt_order: str = "t2w,mt_off,mt_on", method_files: Iterable
     """The original networks' input protocol and the acquisition it came from.
 
     Channels and directions from the Bruker method files (the shipped copies by default; see
-    :mod:`MRHNetLib.bruker`), T2/MT order ``mt_order``, coronal 3x3 patches, the original data's
+    :mod:`MRHNetLib.data.bruker`), T2/MT order ``mt_order``, coronal 3x3 patches, the original data's
     0.0625 mm voxels and the original normalisation: every input divided by the subject's global
     maximum; targets were divided by their global maximum (uint8 AF, so at most 255), hence
     ``target_scale`` 255 puts predictions on the 0-255 scale of the original AF maps."""
-    from .bruker import acquisition_summary, classify_method_files, parse_mt_order, protocol_from_method_files
-    from .resources import resource
+    from ..data.bruker import acquisition_summary, classify_method_files, parse_mt_order, protocol_from_method_files
+    from ..resources import resource
 
     files = list(method_files) if method_files is not None else [resource("protocols", "original_method_files")]
     roles = classify_method_files(files)
@@ -456,7 +456,7 @@ def original_protocol(mt_order: str = "t2w,mt_off,mt_on", method_files: Iterable
         half_patch=half_patch)
     acq = {"method_files": acquisition_summary(roles), "t2_mt_order": order,
            "direction_frame": "Bruker gradient frame (read, phase, slice) recorded as RAS (R=read, A=slice, "
-                              "S=phase); see MRHNetLib.bruker"}
+                              "S=phase); see MRHNetLib.data.bruker"}
     return proto, acq
 
 
@@ -469,7 +469,7 @@ def import_matlab(mat_path: str | os.PathLike, out_path: str | os.PathLike, mt_o
     The model records its provenance (file name, SHA-256, who trained it), the target, depth, the
     original voxel size (0.0625 mm), coronal patches, the original global-maximum normalisation and the
     67-channel protocol from the method files with the T2/MT order ``mt_order``. Nothing is written
-    when anything fails (:func:`~MRHNetLib.modelfile.save_model` is atomic)."""
+    when anything fails (:func:`~MRHNetLib.network.modelfile.save_model` is atomic)."""
     from .modelfile import ModelInfo, save_model
 
     prog = as_progress(progress)

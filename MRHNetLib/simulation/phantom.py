@@ -2,7 +2,7 @@
 
 A simulated subject is built in three steps:
 
-1. **Anatomy -> tissue.** Tissue properties per voxel (:class:`~MRHNetLib.tissue.Tissue`) are derived
+1. **Anatomy -> tissue.** Tissue properties per voxel (:class:`~MRHNetLib.simulation.tissue.Tissue`) are derived
    from the real virtual-histology maps shipped in ``Resources/anatomy/`` (see its README): the brain's
    own neurofilament map (``C1`` or ``R2``) gives axon density and, through its structure tensor, the
    fibre orientation and coherence; the autofluorescence map (R3) and the Nissl map give cell density,
@@ -12,13 +12,13 @@ A simulated subject is built in three steps:
    more brains than the two anatomy sources can be made. ``size="small"`` builds a procedural brain
    instead (cortex, a callosum-like arch, two longitudinal tracts, ventricles, deep grey matter) for
    fast tests.
-2. **Tissue -> MRI** (:mod:`MRHNetLib.tissue`, ex vivo 7 T values with their sources): T2-weighted
+2. **Tissue -> MRI** (:mod:`MRHNetLib.simulation.tissue`, ex vivo 7 T values with their sources): T2-weighted
    RARE, MT-on / MT-off, and DWI shells at the b-values and directions of a
-   :class:`~MRHNetLib.protocol.Protocol` (default: per shell 2 b0 + 30 directions at b = 2000 and 5000
+   :class:`~MRHNetLib.data.protocol.Protocol` (default: per shell 2 b0 + 30 directions at b = 2000 and 5000
    s/mm^2). A smooth receive-coil profile multiplies every image, then Rician noise (Gudbjartsson &
    Patz, Magn Reson Med 1995;34:910-4) is added; FA is fitted from the noisy b2000 shell as the
    original pipeline does.
-3. **Tissue -> histology** (:func:`MRHNetLib.tissue.histology`): AF, NF and MBP maps on a 0..255 scale.
+3. **Tissue -> histology** (:func:`MRHNetLib.simulation.tissue.histology`): AF, NF and MBP maps on a 0..255 scale.
 
 Everything is deterministic for a given brain name and seed: the brain's tissue depends on its name,
 the noise on ``seed`` too.
@@ -34,10 +34,10 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .errors import MRHNetError, as_progress
-from .io import Gradients, Volume, rotation_of
-from .protocol import DWI_ROLES, Protocol, default_protocol, plane_axes
-from .subject import DWI, Subject
+from ..errors import MRHNetError, as_progress
+from ..data.io import Gradients, Volume, rotation_of
+from ..data.protocol import DWI_ROLES, Protocol, default_protocol, plane_axes
+from ..data.subject import DWI, Subject
 from .tissue import AXON_MAX, CELLS_MAX, MYELIN_MAX, PHYSICS, ExVivo7T, Tissue, dwi_signal, histology, \
     mt_signals, t2w_signal
 
@@ -117,7 +117,7 @@ def _load_anatomy(name: str) -> tuple[np.ndarray, np.ndarray]:
     """A shipped anatomy map as float32 (read-only, cached: about 29 MB each) and its affine."""
     import nibabel as nib
 
-    from .resources import resource
+    from ..resources import resource
 
     img = nib.load(str(resource("anatomy", name)))
     data = np.asarray(img.dataobj, dtype=np.float32)
@@ -365,11 +365,11 @@ def _rician(clean: np.ndarray, sigma: float, rng: np.random.Generator) -> np.nda
 
 def fitted_fa(dwi: DWI, mask: np.ndarray) -> np.ndarray:
     """FA of one shell inside ``mask`` by dipy's log-linear least-squares DTI fit (fast on whole brains;
-    :func:`MRHNetLib.maps.fa_md` offers the weighted fit for real data)."""
+    :func:`MRHNetLib.data.maps.fa_md` offers the weighted fit for real data)."""
     from dipy.core.gradients import gradient_table
     from dipy.reconst.dti import TensorModel
 
-    from .maps import B0_THRESHOLD
+    from ..data.maps import B0_THRESHOLD
 
     b = dwi.gradients.bvals
     bvecs = np.where((b < B0_THRESHOLD)[:, None], 0.0, dwi.gradients.bvecs)
@@ -390,7 +390,7 @@ def simulate_subject(brain: str = "C1", seed: int = 0, size: str | tuple[int, in
     deformation number N (``C1-d1``). ``size``: ``"small"`` (procedural 24 x 24 x 12 at 0.125 mm, fast),
     ``"medium"`` (the anatomy at 0.125 mm, 100 x 140 x 64), ``"full"`` (200 x 280 x 128 at 0.0625 mm) or
     a shape (X, Y, Z) over the anatomy's field of view. ``protocol``: b-values and RAS directions of the
-    DWI shells (default :func:`~MRHNetLib.protocol.default_protocol`, 67 channels). ``noise``: Rician
+    DWI shells (default :func:`~MRHNetLib.data.protocol.default_protocol`, 67 channels). ``noise``: Rician
     sigma as a fraction of each acquisition's median unweighted brain signal (default 1/40, SNR 40;
     0 for none). ``bias``: strength of the smooth receive-coil profile (0 for none)."""
     if noise < 0 or bias < 0:
@@ -457,7 +457,7 @@ def write_phantoms(outdir: str | Path, brains: tuple[str, ...] | list[str] = ("C
                    size: str | tuple[int, int, int] = "medium", seed: int = 0, protocol: Protocol | None = None,
                    noise: float = DEFAULT_NOISE, overwrite: bool = False, progress=None) -> list[Path]:
     """Simulate ``brains`` and write one subject folder each (``OUTDIR/<brain>/``, see
-    :mod:`MRHNetLib.subject`) plus ``phantom.json`` recording how it was made. Refuses (before writing
+    :mod:`MRHNetLib.data.subject`) plus ``phantom.json`` recording how it was made. Refuses (before writing
     anything) folders that already hold files unless ``overwrite``."""
     outdir = Path(outdir)
     progress = as_progress(progress)
@@ -483,7 +483,7 @@ def write_phantoms(outdir: str | Path, brains: tuple[str, ...] | list[str] = ("C
         folder = subject.save(outdir / brain)
         info = {"brain": brain, "seed": int(seed), "size": size if isinstance(size, str) else list(size),
                 "shape": list(subject.shape), "voxel_mm": [round(float(s), 6) for s in subject.reference.spacing],
-                "noise": noise, "generator": "MRHNetLib.phantom.simulate_subject",
+                "noise": noise, "generator": "MRHNetLib.simulation.phantom.simulate_subject",
                 "anatomy": "Resources/anatomy (MRH-Net, Liang et al. eLife 2022, MIT)"}
         (folder / "phantom.json").write_text(json.dumps(info, indent=1) + "\n")
         written.append(folder)
@@ -516,7 +516,7 @@ def phantom_figure(subject: Subject, path: str | Path, index: int | None = None,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .maps import b0_image, mtr
+    from ..data.maps import b0_image, mtr
 
     mask = subject.mask
     aff = subject.affine

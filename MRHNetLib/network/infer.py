@@ -2,7 +2,7 @@
 
 The result is the original's per-voxel procedure (every brain voxel's own zero-padded P x P patch in
 the protocol's plane through the network, the centre of the output kept, the map times the mask),
-computed exactly but in chunks of many patches with :class:`~MRHNetLib.fastconv.PatchNet`. Memory
+computed exactly but in chunks of many patches with :class:`~MRHNetLib.network.fastconv.PatchNet`. Memory
 stays bounded by the chunk size whatever the volume size.
 
 API used by the CLI, the Slicer module and the web app: :func:`predict`, :func:`check_subject`,
@@ -18,13 +18,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .errors import MRHNetError, Progress, as_progress
+from ..errors import MRHNetError, Progress, as_progress
 from .fastconv import PRECISIONS, PatchNet
-from .io import Volume, suffix_of, write_volume
+from ..data.io import Volume, suffix_of, write_volume
 from .model import MRHNet
 from .modelfile import LoadedModel, ModelInfo, load_model, read_info
-from .orient import canonical_subject, restore
-from .protocol import check_compatible, plane_axes
+from ..data.orient import canonical_subject, restore
+from ..data.protocol import check_compatible, plane_axes
 
 DEFAULT_CHUNK = 2048  # voxels per chunk on the CPU (per worker thread)
 CUDA_CHUNK = 65536  # voxels per chunk on a GPU: large products, few kernel launches (~0.8 GB of buffers)
@@ -104,7 +104,7 @@ def check_subject(subject, model: LoadedModel | ModelInfo | str | os.PathLike, *
         raise MRHNetError(f"{subject.name}: voxel size {np.round(subject.reference.spacing, 4).tolist()} mm differs "
                           f"from the model's {mp.voxel_size_mm:.4g} mm; resample (--resample) or give matching data")
     if adapt_protocol and mp.input_kind == "raw":
-        from .adapt import adapted_protocol, check_adaptable
+        from ..data.adapt import adapted_protocol, check_adaptable
 
         for role in mp.roles():
             if role in subject.dwi:
@@ -211,7 +211,7 @@ def predict_array(net: MRHNet | PatchNet, stack: np.ndarray | torch.Tensor, mask
     """(X, Y, Z) map: the network's patch-centre output at every voxel of ``mask``, zero elsewhere.
 
     ``stack``: (C, X, Y, Z) normalised input; ``axes``: (slice_axis, row_axis, col_axis) from
-    :func:`~MRHNetLib.protocol.plane_axes` (patch rows along ``row_axis``, columns along ``col_axis``)."""
+    :func:`~MRHNetLib.data.protocol.plane_axes` (patch rows along ``row_axis``, columns along ``col_axis``)."""
     mask = np.asarray(mask, dtype=bool)
     if tuple(mask.shape) != tuple(stack.shape[1:]):
         raise MRHNetError(f"mask shape {mask.shape} differs from the input's {tuple(stack.shape[1:])}")
@@ -230,7 +230,7 @@ def _prepare(subject, info: ModelInfo, adapt_protocol: bool, resample: bool | No
     """(working subject, resampled?) for one model: adapted and/or resampled as asked or needed."""
     work = subject
     if adapt_protocol and info.protocol.input_kind == "raw":
-        from .adapt import adapt_subject
+        from ..data.adapt import adapt_subject
 
         work = adapt_subject(work, info.protocol, progress=progress.sub(0.0, 0.5))
     mv = info.protocol.voxel_size_mm
@@ -238,13 +238,13 @@ def _prepare(subject, info: ModelInfo, adapt_protocol: bool, resample: bool | No
     if resample is True and not mv:
         warnings.warn(f"model for {info.target} records no voxel size; not resampling", stacklevel=3)
     if do:
-        from .resample import resample_subject
+        from ..data.resample import resample_subject
 
         progress.update(0.5, f"resampling to {mv:g} mm")
         mask = work.mask  # derive it on the original grid first
         work = resample_subject(work, mv)
         if "mask" not in work.images:
-            from .resample import resample_spacing
+            from ..data.resample import resample_spacing
 
             m = resample_spacing(subject.reference.with_data(mask.astype(np.float32)), mv, nearest=True)
             work.images["mask"] = m
@@ -262,7 +262,7 @@ def predict(subject, models: Sequence[LoadedModel | str | os.PathLike], *, devic
     (standard deviation across models). ``resample``: None resamples to the model's voxel size only
     when it differs beyond the tolerance, True always (when the model records one), False never
     (a different voxel size is refused). ``adapt_protocol`` re-expresses DWI shells on the model's
-    gradient directions (see :mod:`MRHNetLib.adapt`). ``precision``: fp32 (exact), tf32 (CUDA) or bf16."""
+    gradient directions (see :mod:`MRHNetLib.data.adapt`). ``precision``: fp32 (exact), tf32 (CUDA) or bf16."""
     if precision not in PRECISIONS:
         raise MRHNetError(f"unknown precision '{precision}' (use {', '.join(PRECISIONS)})")
     if not models:
@@ -273,7 +273,7 @@ def predict(subject, models: Sequence[LoadedModel | str | os.PathLike], *, devic
     for m in loaded:
         check_subject(subject, m, adapt_protocol=adapt_protocol, resample=resample)
     canon, transform = canonical_subject(subject)
-    if transform is not None:  # networks see one voxel orientation (MRHNetLib.orient); maps go back
+    if transform is not None:  # networks see one voxel orientation (MRHNetLib.data.orient); maps go back
         maps = predict(canon, loaded, device=device, progress=prog, adapt_protocol=adapt_protocol,
                        resample=resample, precision=precision, chunk_voxels=chunk_voxels)
         return {key: restore(vol, transform, subject.reference) for key, vol in maps.items()}
@@ -297,7 +297,7 @@ def predict(subject, models: Sequence[LoadedModel | str | os.PathLike], *, devic
                              chunk_voxels=chunk_voxels, progress=sub.sub(0.15, 0.97))
         pred *= np.float32(proto.normalisation.target_scale)
         if resampled:
-            from .resample import resample_to
+            from ..data.resample import resample_to
 
             pred = resample_to(work.reference.with_data(pred), ref).data
         pred = np.where(mask, pred, np.float32(0.0)).astype(np.float32)

@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from .errors import MRHNetError
-from .files import atomic_write_bytes, atomic_write_text, read_json, sha256_file
+from ..errors import MRHNetError
+from ..files import atomic_write_bytes, atomic_write_text, read_json, sha256_file
 
 STATE = "checkpoint.json"
 FORMAT = "mrhnet-checkpoint"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MRHNetError
+from ..errors import MRHNetError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ANALYZE_SUFFIXES = (".hdr", ".img")

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import MRHNetError
+from ..errors import MRHNetError
 from .io import Volume, _affine_to_sitk, _sitk_to_affine
 
 FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
