@@ -1,4 +1,13 @@
-"""Where the project's shipped data lives (anatomy maps, models, figures)."""
+"""Where the project's shipped data lives (anatomy maps, networks, acquisition protocols).
+
+The data sits in the repository's top-level ``Resources/``. It is found, in this order:
+
+1. ``$MRHNET_RESOURCES`` when set;
+2. ``MRHNetLib/Resources`` inside the package: an installed wheel (``pip install .``, a wheel file or
+   ``pip install git+URL``), which carries ``Resources/`` there (see setup.py);
+3. ``Resources/`` beside the package: a source checkout, and the Slicer extension's install tree (its
+   CMake installs ``MRHNetLib/`` and ``Resources/`` side by side, next to the module file).
+"""
 from __future__ import annotations
 
 import os
@@ -6,15 +15,26 @@ from pathlib import Path
 
 from .errors import MRHNetError
 
+# sub-folders of Resources/ that the engine reads at run time (the wheel and the Slicer install carry them)
+RUNTIME_FOLDERS = ("anatomy", "networks", "protocols")
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def candidates() -> list[Path]:
+    """The folders searched, in order (see the module docstring)."""
+    env = os.environ.get("MRHNET_RESOURCES")
+    return ([Path(env)] if env else []) + [_PACKAGE / "Resources", _PACKAGE.parent / "Resources"]
+
 
 def resources_dir() -> Path:
-    """``$MRHNET_RESOURCES`` if set, else ``Resources/`` of the source tree (beside this package)."""
+    """The first folder of :func:`candidates` that holds shipped data."""
     env = os.environ.get("MRHNET_RESOURCES")
-    for candidate in ([Path(env)] if env else []) + [Path(__file__).resolve().parent.parent / "Resources",
-                                                     Path(__file__).resolve().parent / "Resources"]:
-        if candidate.is_dir():
+    for i, candidate in enumerate(candidates()):
+        # beside the package, only a folder holding our data counts (site-packages/Resources may be another's)
+        if candidate.is_dir() and (bool(env) and i == 0 or any((candidate / f).is_dir() for f in RUNTIME_FOLDERS)):
             return candidate
-    raise MRHNetError("MRHNet resources not found: set MRHNET_RESOURCES to the extension's Resources folder")
+    raise MRHNetError("MRHNet resources not found (searched " + ", ".join(map(str, candidates()))
+                      + "): reinstall, or set MRHNET_RESOURCES to the extension's Resources folder")
 
 
 def resource(*parts: str) -> Path:
