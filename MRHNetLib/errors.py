@@ -55,3 +55,11 @@ class Progress:
 def as_progress(progress: "Progress | ProgressCallback | None") -> Progress:
     """Accept a Progress, a bare callback or None."""
     return progress if isinstance(progress, Progress) else Progress(progress)
+
+
+def error_message(exc: BaseException) -> str:
+    """One line for the user: an MRHNetError as it is, anything else with its type."""
+    if isinstance(exc, MRHNetError):
+        return str(exc)
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else 'unexpected error'}"

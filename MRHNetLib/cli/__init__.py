@@ -11,7 +11,7 @@ import warnings
 
 from ..errors import Cancelled, MRHNetError
 
-COMMANDS = ("phantom", "protocol", "train", "predict", "evaluate", "demo", "import_matlab", "models", "app")
+COMMANDS = ("phantom", "protocol", "train", "predict", "evaluate", "demo", "import_matlab", "models", "app", "job")
 
 
 def build_parser() -> argparse.ArgumentParser:

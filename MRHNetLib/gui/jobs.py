@@ -24,7 +24,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..errors import Cancelled, MRHNetError, Progress
+from ..errors import Cancelled, MRHNetError, Progress, error_message
 
 PENDING, RUNNING, CANCELLING, DONE, FAILED, CANCELLED = (
     "pending", "running", "cancelling", "done", "failed", "cancelled")
@@ -40,14 +40,6 @@ class Event:
     fraction: float = 0.0
     message: str = ""
     payload: Any = None
-
-
-def error_message(exc: BaseException) -> str:
-    """One line for the user: an MRHNetError as it is, anything else with its type."""
-    if isinstance(exc, MRHNetError):
-        return str(exc)
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else 'unexpected error'}"
 
 
 class _Reporter:

@@ -300,7 +300,7 @@ def subject_from_nodes(*, t2w=None, mt_on=None, mt_off=None, dwi_b2000=None, dwi
     chosen = [n for n in list(nodes.values()) + list(dwis.values()) + [mask] if n is not None]
     if not chosen:
         raise MRHNetError("no input volumes selected")
-    transforms = {n.GetTransformNodeID() for n in chosen}
+    transforms = {transform_id(n) for n in chosen}
     if len(transforms) > 1:
         raise MRHNetError("the input volumes are under different transforms; harden the transforms first")
     subject = Subject(name=name or next(n.GetName() for n in chosen if n is not None))
@@ -318,6 +318,96 @@ def subject_from_nodes(*, t2w=None, mt_on=None, mt_off=None, dwi_b2000=None, dwi
         if not np.any(subject.images["mask"].data):
             raise MRHNetError(f"{_node_label(mask)}: brain mask is empty")
     return subject.check_grid(resample=resample)
+
+
+def transform_id(node) -> str | None:
+    """The node's parent transform; None for nodes that cannot be transformed (a sequence node)."""
+    get = getattr(node, "GetTransformNodeID", None)
+    return get() if get is not None else None
+
+
+def _frames(node) -> tuple[tuple[int, int, int], int, np.ndarray]:
+    """(shape, volumes per voxel, IJK-to-RAS) of a scalar, 4D, DWI or sequence node, without its voxels."""
+    if node.IsA("vtkMRMLSequenceNode"):
+        if node.GetNumberOfDataNodes() == 0:
+            raise MRHNetError(f"{_node_label(node)}: sequence is empty")
+        shape, _, affine = _frames(node.GetNthDataNode(0))
+        return shape, node.GetNumberOfDataNodes(), affine
+    image = node.GetImageData()
+    if image is None:
+        raise MRHNetError(f"{_node_label(node)}: volume node has no image data")
+    return tuple(image.GetDimensions()), image.GetNumberOfScalarComponents(), node_affine(node)
+
+
+def dwi_gradients(node, path: str | os.PathLike | None) -> Gradients:
+    """A diffusion input's gradients: a DWI node's own, else those of the file chosen for it."""
+    if node.IsA("vtkMRMLDiffusionWeightedVolumeNode") and not path:
+        return node_gradients(node)
+    if not path:
+        raise MRHNetError(f"{_node_label(node)}: has no gradients; give a .bval/.bvec or gradient table file")
+    return gradients_from_path(path, _frames(node)[2])
+
+
+def header_subject(nodes: dict[str, Any], gradients: dict[str, Any] | None = None, name: str | None = None) -> Subject:
+    """A subject with the roles, grids and gradients of the input nodes but no voxels (read-only
+    zero-stride arrays): what every model's protocol check needs, at once and without copying a volume."""
+    from ..data.protocol import DWI_ROLES
+
+    gradients = gradients or {}
+    chosen = {role: node for role, node in nodes.items() if node is not None}
+    if not chosen:
+        raise MRHNetError("no input volumes selected")
+    subject = Subject(name=name or next(iter(chosen.values())).GetName())
+    for role, node in chosen.items():
+        shape, count, affine = _frames(node)
+        if role in DWI_ROLES:
+            grads = dwi_gradients(node, gradients.get(role))
+            if len(grads) != count:
+                raise MRHNetError(f"{_node_label(node)}: has {count} volumes but {len(grads)} gradients")
+            subject.dwi[role] = DWI(Volume(np.broadcast_to(np.float32(1), shape + (count,)), affine, node.GetName()),
+                                    grads)
+        elif count != 1:
+            raise MRHNetError(f"{_node_label(node)} ({role}): has {count} components per voxel; a scalar volume "
+                              "is needed")
+        else:
+            subject.images[role] = Volume(np.broadcast_to(np.float32(1), shape), affine, node.GetName())
+    return subject.check_grid()
+
+
+def write_subject_steps(folder: str | os.PathLike, nodes: dict[str, Any], gradients: dict[str, Any] | None = None,
+                        mask=None, targets: dict[str, Any] | None = None) -> Iterable[str]:
+    """Write input nodes as a subject folder (``<role>.nii``, DWI shells with ``.bval``/``.bvec``, the mask,
+    histology ``targets``), one file per step: a GUI timer runs one step per tick and never stalls."""
+    from ..data.io import write_fsl_gradients, write_volume
+    from ..data.protocol import DWI_ROLES
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    gradients = gradients or {}
+    chosen = {role: node for role, node in nodes.items() if node is not None}
+    if len({transform_id(n) for n in list(chosen.values()) + [mask] if n is not None}) > 1:
+        raise MRHNetError("the input volumes are under different transforms; harden the transforms first")
+    reference = header_subject(chosen, gradients).reference
+    for role, node in chosen.items():
+        if role in DWI_ROLES:
+            dwi = dwi_from_node(node, dwi_gradients(node, gradients.get(role)))
+            write_volume(folder / f"{role}.nii", dwi.volume)
+            write_fsl_gradients(folder / role, dwi.gradients, dwi.volume.affine)
+        else:
+            volume = volume_from_node(node)
+            if not np.any(volume.data):
+                raise MRHNetError(f"{_node_label(node)} ({role}): image is all zeros")
+            write_volume(folder / f"{role}.nii", volume)
+        yield f"prepared {role}"
+    for role, node in (targets or {}).items():
+        write_volume(folder / f"{role}.nii", volume_from_node(node))
+        yield f"prepared {role}"
+    if mask is not None:
+        m = mask_from_node(mask, reference)
+        if not np.any(m.data):
+            raise MRHNetError(f"{_node_label(mask)}: brain mask is empty")
+        write_volume(folder / "mask.nii", m)
+        yield "prepared mask"
 
 
 def source_node_of(**inputs):
@@ -431,7 +521,7 @@ def publish_outputs(scene, results: dict[str, Volume], source, *, show: bool = T
         affine = node_affine(source) if is_node else vol.affine
         update_node_from_volume(node, Volume(np.asarray(vol.data, dtype=np.float32), affine, node.GetName()))
         if is_node:
-            node.SetAndObserveTransformNodeID(source.GetTransformNodeID())
+            node.SetAndObserveTransformNodeID(transform_id(source))
         style_output(scene, node, key)
         out[key] = node
     if show and out:
@@ -595,70 +685,6 @@ def model_problems(subject: Subject, models: Iterable[Any]) -> list[str]:
     return problems
 
 
-def _predict(subject: Subject, models: list[Any], device: str = "auto", progress=None) -> dict[str, Volume]:
-    from ..network.infer import predict
-
-    return predict(subject, models, device=device, progress=progress)
-
-
-class _SceneWork:
-    """Start and cancel of a background job (``self.job``, a :class:`~MRHNetLib.gui.jobs.Job`) on scene nodes."""
-
-    job: Any
-
-    def start(self):
-        self.job.start()
-        return self
-
-    def cancel(self) -> None:
-        self.job.cancel()
-
-
-class SceneInference(_SceneWork):
-    """Run models on scene nodes in the background and publish the maps to the scene on success.
-
-    Built on the caller's (GUI) thread: reads the nodes, loads the models and checks the protocol, so a
-    bad selection fails at once with the engine's message. :meth:`poll` (from a GUI timer) forwards the
-    job's events and, when the job succeeded, creates or updates the output nodes; a failure or cancel
-    leaves the scene as it was. ``inputs``: roles of :func:`subject_from_nodes` (``t2w=node`` ...)."""
-
-    def __init__(self, scene, models: Iterable[Any], *, device: str = "auto", mode: str = "thread",
-                 opacity: float = DEFAULT_OPACITY, gradients: dict[str, Gradients] | None = None, **inputs: Any):
-        from .jobs import Job
-
-        self.scene, self.opacity = scene, opacity
-        self.source = source_node_of(**inputs)
-        self.subject = subject_from_nodes(gradients=gradients, **inputs)
-        self.models = load_models(models)
-        problems = model_problems(self.subject, self.models)
-        if problems:
-            raise MRHNetError(problems[0])
-        self.outputs: dict[str, Any] = {}
-        self.job = Job(_predict, self.subject, self.models, device=device, mode=mode, name="MRHNet inference")
-
-    def poll(self) -> list[Any]:
-        """Job events; on success the outputs are published before the final event is returned."""
-        events = self.job.poll()
-        if events and events[-1].kind == "done":
-            self.outputs = publish_outputs(self.scene, self.job.output, self.source, opacity=self.opacity)
-        return events
-
-    def wait(self, timeout: float | None = None, on_event=None) -> dict[str, Any]:
-        """Block until done (console use); returns the output nodes or raises the engine's error."""
-        import time
-
-        start = time.monotonic()
-        while not self.job.finished:
-            for event in self.poll():
-                if on_event is not None:
-                    on_event(event)
-            if timeout is not None and time.monotonic() - start > timeout:
-                self.cancel()
-            time.sleep(0.05)
-        self.job.result()
-        return self.outputs
-
-
 def add_subject_nodes(scene, subject: Subject, name: str | None = None) -> dict[str, Any]:
     """Every image of an engine subject as scene nodes (DWI shells as DWI nodes, the mask as a labelmap),
     named ``<name> <role>`` with the T2w named just ``<name>``; returns role -> node."""
@@ -679,63 +705,3 @@ def gradients_from_path(path: str | os.PathLike, affine: np.ndarray) -> Gradient
     if path.suffix in (".bval", ".bvec"):
         return gradients_from_files(affine, bval=path.with_suffix(".bval"), bvec=path.with_suffix(".bvec"))
     return gradients_from_files(affine, table=path)
-
-
-def _train(subjects: list[Subject], target: str, out: str, config: Any, base_model: Any, run_dir: str,
-           progress=None) -> Path:
-    from ..network.train import finetune, train
-
-    if base_model is not None:
-        return finetune(base_model, subjects, target, out, config, progress=progress, run_dir=run_dir)
-    return train(subjects, target, out, config, progress=progress, run_dir=run_dir)
-
-
-class SceneTraining(_SceneWork):
-    """Train a network (or fine-tune one) on scene nodes in the background, with a live loss plot.
-
-    ``target``: the histology volume node; ``stain``: its kind (``af``, ``nf``, ``mbp``); ``out``: the
-    model folder to write (``NAME.mrhnet``); ``base_model``: catalog name / path to fine-tune from.
-    ``options``: :class:`~MRHNetLib.network.train.TrainConfig` fields (depth, epochs, lr, device ...).
-    :meth:`poll` refreshes the loss plot from the run's log after every epoch."""
-
-    def __init__(self, scene, target, stain: str, out: str | os.PathLike, *, base_model: Any = None,
-                 options: dict[str, Any] | None = None, mask=None, gradients: dict[str, Gradients] | None = None,
-                 **inputs: Any):
-        import tempfile
-
-        from .jobs import Job
-        from ..network.train import TrainConfig
-
-        if target is None:
-            raise MRHNetError("choose the histology (target) volume to train on")
-        subject = subject_from_nodes(mask=mask, gradients=gradients, **inputs)
-        subject.images[stain] = volume_from_node(target)
-        subject.check_grid()
-        self.subject, self.out = subject, Path(out)
-        if base_model is not None:
-            base_model = load_models([base_model])[0]
-        options = dict(options or {})
-        config = TrainConfig(**options) if base_model is None or "lr" in options else \
-            TrainConfig(**{"lr": 1e-4, **options})
-        self.run_dir = tempfile.mkdtemp(prefix="mrhnet-train-")
-        self.plot = LossPlot(scene)
-        self._epochs_shown = 0
-        self.job = Job(_train, [subject], stain, str(self.out), config, base_model, self.run_dir,
-                       name="MRHNet training")
-
-    def poll(self) -> list[Any]:
-        events = self.job.poll()
-        if events:
-            self.refresh_plot()
-        return events
-
-    def refresh_plot(self) -> None:
-        from ..network.train import read_log
-
-        try:
-            history = read_log(self.run_dir)
-        except MRHNetError:
-            return
-        if len(history) != self._epochs_shown:
-            self.plot.set_history(history)
-            self._epochs_shown = len(history)

@@ -1,0 +1,141 @@
+"""``mrhnet job SPEC.json``: run one piece of GUI work and report it as JSON lines on stdout.
+
+The Slicer module and the web app start their engine work as this command in a child process
+(:mod:`MRHNetLib.gui.process`): inside Slicer with ``PythonSlicer -m MRHNetLib job SPEC``, elsewhere with
+``sys.executable``. Everything goes through files in the job's private folder; stdout carries one JSON
+object per line:
+
+* ``{"event": "progress", "fraction": 0.4, "message": "..."}`` (at most every 0.1 s, and the last one)
+* ``{"event": "epoch", "epoch": 3, "train_loss": ..., "val_loss": ...}`` (training: one per epoch)
+* ``{"event": "done", "outputs": {...}}`` (paths of what was written), or
+* ``{"event": "failed", "message": "one line", "details": "traceback or empty"}``.
+
+Spec kinds (``"kind"``): ``predict`` (subject folder, models, out folder, device, chunk_voxels),
+``train`` (subject folder, target, out model, base_model, options, run_dir) and ``phantom`` (out
+folder, brain, size, seed). The exit code is 0 on success, 2 for a user error, 1 otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import MRHNetError, error_message
+
+MAP_SUFFIX = ".nii"  # uncompressed: the GUI loads them back at once
+Emit = Callable[[dict[str, Any]], None]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("job", help="run GUI work described by a JSON file, reporting JSON lines",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("spec", help="the job's JSON file")
+    p.set_defaults(func=run)
+
+
+def emitter(stream=None) -> Emit:
+    """Write one JSON object per line and flush (the parent reads the lines as they come)."""
+    out = stream or sys.stdout
+
+    def emit(event: dict[str, Any]) -> None:
+        out.write(json.dumps(event) + "\n")
+        out.flush()
+
+    return emit
+
+
+def progress_reporter(emit: Emit, interval_s: float = 0.1) -> Callable[[float, str], None]:
+    """A progress callback that emits at most every ``interval_s`` (always when the message changes)."""
+    last = {"t": 0.0, "message": None}
+
+    def report(fraction: float, message: str = "") -> None:
+        now = time.monotonic()
+        if now - last["t"] >= interval_s or message != last["message"] or fraction >= 1.0:
+            last.update(t=now, message=message)
+            emit({"event": "progress", "fraction": round(float(fraction), 4), "message": message})
+
+    return report
+
+
+def run_predict(spec: dict[str, Any], emit: Emit) -> dict[str, Any]:
+    from ..data.subject import load_subject
+    from ..network.infer import predict, write_maps
+
+    subject = load_subject(spec["subject"], name=spec.get("name"))
+    maps = predict(subject, spec["models"], device=spec.get("device", "auto"),
+                   chunk_voxels=spec.get("chunk_voxels"), progress=progress_reporter(emit))
+    written = write_maps(maps, spec["out"], suffix=spec.get("suffix", MAP_SUFFIX))
+    return {key: str(path) for key, path in written.items()}
+
+
+def run_train(spec: dict[str, Any], emit: Emit) -> dict[str, Any]:
+    from ..data.subject import load_subject
+    from ..network.train import config_for, finetune, read_log, train
+
+    subject = load_subject(spec["subject"], name=spec.get("name"))
+    base = spec.get("base_model")
+    config = config_for("finetune" if base else "train", **spec.get("options", {}))
+    run_dir = Path(spec["run_dir"])
+    report = progress_reporter(emit)
+    shown = 0
+
+    def progress(fraction: float, message: str = "") -> None:
+        nonlocal shown
+        report(fraction, message)
+        try:
+            history = read_log(run_dir)
+        except MRHNetError:
+            return
+        for row in history[shown:]:
+            emit({"event": "epoch", **row})
+        shown = len(history)
+
+    if base:
+        path = finetune(base, [subject], spec["target"], spec["out"], config, progress=progress, run_dir=run_dir)
+    else:
+        path = train([subject], spec["target"], spec["out"], config, progress=progress, run_dir=run_dir)
+    progress(1.0, "saved")
+    return {"model": str(path)}
+
+
+def run_phantom(spec: dict[str, Any], emit: Emit) -> dict[str, Any]:
+    from ..simulation.phantom import simulate_subject
+
+    subject = simulate_subject(spec.get("brain", "C1"), seed=int(spec.get("seed", 0)),
+                               size=spec.get("size", "medium"), progress=progress_reporter(emit))
+    folder = subject.save(spec["out"], suffix=spec.get("suffix", MAP_SUFFIX))
+    return {"subject": str(folder)}
+
+
+KINDS: dict[str, Callable[[dict[str, Any], Emit], dict[str, Any]]] = {
+    "predict": run_predict, "train": run_train, "phantom": run_phantom}
+
+
+def execute(spec: dict[str, Any], emit: Emit) -> int:
+    """Run ``spec`` and emit its events; the exit code."""
+    try:
+        kind = spec.get("kind")
+        if kind not in KINDS:
+            raise MRHNetError(f"unknown job kind {kind!r} (known: {', '.join(KINDS)})")
+        outputs = KINDS[kind](spec, emit)
+    except MRHNetError as exc:
+        emit({"event": "failed", "message": str(exc), "details": ""})
+        return 2
+    except Exception as exc:  # noqa: BLE001 - every failure reaches the GUI as one line plus details
+        emit({"event": "failed", "message": error_message(exc), "details": traceback.format_exc()})
+        return 1
+    emit({"event": "done", "outputs": outputs})
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    path = Path(args.spec)
+    try:
+        spec = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise MRHNetError(f"{path}: cannot read the job file ({exc})") from None
+    return execute(spec, emitter())

@@ -1,0 +1,231 @@
+"""The GUI controller shared by the Slicer module and the web app, end to end on the real MRML scene of
+slicer-core: inputs from scalar, DWI, 4D and sequence nodes, engine work in a child process (``mrhnet
+job``) with progress, cancel, outputs as overlays, re-runs, training with its loss curve, the sample brain,
+and a calling thread that stays responsive."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer")
+
+from MRHNetLib.data.io import write_fsl_gradients  # noqa: E402
+from MRHNetLib.errors import MRHNetError  # noqa: E402
+from MRHNetLib.gui import scene as sc  # noqa: E402
+from MRHNetLib.gui.controller import Controller, Inputs  # noqa: E402
+
+ROLES = ("t2w", "mt_on", "mt_off", "dwi_b2000", "dwi_b5000")
+
+
+@pytest.fixture
+def scene():
+    s = slicer.vtkMRMLScene()
+    slicer.mrmlScene = s
+    for _ in range(3):  # the three slice views of an application layout
+        s.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
+    return s
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    from MRHNetLib.simulation.phantom import simulate_subject
+
+    return simulate_subject("C1", seed=0, size="small")
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory, phantom):
+    import torch
+
+    from MRHNetLib.network.model import MRHNet
+    from MRHNetLib.network.modelfile import ModelInfo, save_model
+
+    folder = tmp_path_factory.mktemp("models")
+    paths = {}
+    for name, target, seed in (("af", "af", 0), ("nf", "nf", 1), ("af2", "af", 2)):
+        torch.manual_seed(seed)
+        protocol = phantom.protocol()
+        net = MRHNet(protocol.n_channels, depth=0, width=8)
+        paths[name] = str(save_model(folder / f"tiny-{name}.mrhnet", net,
+                                     ModelInfo(protocol, depth=0, target=target, width=8)))
+    return paths
+
+
+def _nodes(scene, phantom):
+    nodes = sc.add_subject_nodes(scene, phantom, "brain1")
+    return nodes, Inputs({r: nodes[r] for r in ROLES}, mask=nodes["mask"])
+
+
+def _run(controller, timeout=120.0):
+    events = []
+    controller.wait(timeout=timeout, on_event=events.append)
+    return events
+
+
+def test_prediction_in_a_child_process_with_progress_overlays_and_rerun(scene, phantom, tiny_models, tmp_path):
+    from MRHNetLib.network.infer import predict
+
+    nodes, inputs = _nodes(scene, phantom)
+    controller = Controller(scene, workroot=tmp_path)
+    controller.predict(inputs, [tiny_models["af"], tiny_models["nf"]], device="cpu")
+    assert controller.busy and controller.kind == "predict"
+    events = []
+    outputs = controller.wait(timeout=120, on_event=events.append)
+    progress = [e.fraction for e in events if e.kind == "progress"]
+    assert len(progress) >= 4 and 0 < max(progress) <= 1 and events[-1].kind == "done"
+    assert any(e.message.startswith("tiny-") for e in events), [e.message for e in events]  # from the child
+    assert set(outputs) == {"af", "nf"} and not controller.busy
+    expected = predict(sc.subject_from_nodes(mask=nodes["mask"], **{r: nodes[r] for r in ROLES}),
+                       [tiny_models["af"], tiny_models["nf"]], device="cpu")
+    for key, node in outputs.items():
+        assert node.GetName() == f"brain1 MRH-{key.upper()}"
+        np.testing.assert_allclose(sc.node_affine(node), sc.node_affine(nodes["t2w"]))
+        np.testing.assert_allclose(sc.volume_from_node(node).data, expected[key].data, rtol=1e-6, atol=1e-6)
+    view = scene.GetNthNodeByClass(0, "vtkMRMLSliceCompositeNode")
+    assert view.GetForegroundVolumeID() == outputs["af"].GetID()
+    assert view.GetBackgroundVolumeID() == nodes["t2w"].GetID()
+    assert list(tmp_path.iterdir()) == []  # the job's private folder is gone
+
+    count = scene.GetNumberOfNodes()
+    controller.predict(inputs, [tiny_models["af"]], device="cpu")
+    again = controller.wait(timeout=120)
+    assert again["af"] is outputs["af"] and scene.GetNumberOfNodes() == count
+    controller.predict(inputs, [tiny_models["af"], tiny_models["af2"]], device="cpu")  # an ensemble adds SD
+    assert set(controller.wait(timeout=120)) == {"af", "af_std"}
+
+
+def test_sequence_and_4d_inputs_with_gradient_files(scene, phantom, tiny_models, tmp_path):
+    nodes, inputs = _nodes(scene, phantom)
+    controller = Controller(scene, workroot=tmp_path / "work")
+    (tmp_path / "work").mkdir()
+    reference = controller.predict(inputs, [tiny_models["af"]], device="cpu") or controller.wait(timeout=120)
+    reference = sc.volume_from_node(reference["af"]).data
+
+    b2000, b5000 = phantom.dwi["dwi_b2000"], phantom.dwi["dwi_b5000"]
+    sequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", "b2000 frames")
+    for i in range(b2000.volume.data.shape[3]):
+        frame = sc.add_volume_node(scene, b2000.volume.with_data(b2000.volume.data[..., i]), f"f{i}")
+        sequence.SetDataNodeAtValue(frame, str(i))
+    vector = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "b5000 4D")
+    sc.update_node_from_volume(vector, b5000.volume)
+    bval, _ = write_fsl_gradients(tmp_path / "b2000", b2000.gradients, b2000.volume.affine)
+    _, bvec = write_fsl_gradients(tmp_path / "b5000", b5000.gradients, b5000.volume.affine)
+    mixed = Inputs({**inputs.nodes, "dwi_b2000": sequence, "dwi_b5000": vector},
+                   gradients={"dwi_b2000": str(bval), "dwi_b5000": str(bvec)}, mask=nodes["mask"])
+    assert controller.check(mixed, [tiny_models["af"]]) == []
+    no_gradients = Inputs({**inputs.nodes, "dwi_b2000": sequence}, mask=nodes["mask"])
+    assert "gradient" in controller.check(no_gradients, [tiny_models["af"]])[0]
+
+    controller.predict(mixed, [tiny_models["af"]], device="cpu")
+    got = controller.wait(timeout=120)
+    np.testing.assert_allclose(sc.volume_from_node(got["af"]).data, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_cancel_ends_the_child_within_a_second_and_leaves_nothing(scene, phantom, tiny_models, tmp_path):
+    nodes, inputs = _nodes(scene, phantom)
+    controller = Controller(scene, workroot=tmp_path)
+    before = sc.scene_signature(scene)
+    controller.predict(inputs, [tiny_models["af"], tiny_models["nf"]], device="cpu")
+    while controller.task.stage == "prepare":
+        controller.poll()
+    controller.poll()  # the child is started
+    process = controller.task.job.process
+    time.sleep(0.5)  # it is importing torch or computing
+    start = time.monotonic()
+    assert controller.cancel()
+    assert time.monotonic() - start < 1.0
+    assert process.poll() is not None  # no child process left
+    assert list(tmp_path.iterdir()) == []  # no temporary folder
+    assert sc.scene_signature(scene) == before  # no new node
+    assert not controller.busy and controller.poll() == [] and not controller.cancel()
+
+
+def test_a_model_that_does_not_fit_is_refused_before_anything_runs(scene, phantom, tiny_models, tmp_path,
+                                                                  monkeypatch):
+    nodes, inputs = _nodes(scene, phantom)
+    controller = Controller(scene, workroot=tmp_path)
+    partial = Inputs({r: nodes[r] for r in ("t2w", "mt_on", "mt_off")})
+    # the check reads node headers only: no voxel array is copied
+    monkeypatch.setattr(sc, "node_array", lambda node: pytest.fail("voxels were read for a model check"))
+    problems = controller.check(partial, [tiny_models["af"]])
+    assert len(problems) == 1 and "dwi_b2000" in problems[0]
+    assert controller.check(inputs, [tiny_models["af"], tiny_models["nf"]]) == []
+    before = sc.scene_signature(scene)
+    with pytest.raises(MRHNetError, match="dwi_b2000"):
+        controller.predict(partial, [tiny_models["af"]], device="cpu")
+    assert sc.scene_signature(scene) == before and not controller.busy and list(tmp_path.iterdir()) == []
+
+
+def test_calling_thread_stays_responsive_during_a_whole_prediction(scene, phantom, tiny_models, tmp_path):
+    """A 50 Hz timer on the calling thread drives the job (as Slicer's QTimer does) and keeps >= 90 % of
+    its nominal rate from Apply to the published maps: nothing on this thread waits for the engine."""
+    _, inputs = _nodes(scene, phantom)
+    controller = Controller(scene, workroot=tmp_path)
+    period, ticks = 0.02, 0
+    start = time.monotonic()
+    controller.predict(inputs, [tiny_models["af"], tiny_models["nf"]], device="cpu")
+    deadline = start
+    while controller.busy:
+        controller.poll()
+        ticks += 1
+        deadline += period
+        time.sleep(max(0.0, deadline - time.monotonic()))
+    elapsed = time.monotonic() - start
+    assert controller.outputs and elapsed > 1.0  # a real run in a child process
+    assert ticks >= 0.9 * elapsed / period, f"{ticks} ticks in {elapsed:.2f} s"
+
+
+def test_training_through_the_controller_with_its_loss_curve(scene, phantom, tmp_path):
+    from MRHNetLib.network.modelfile import read_info
+
+    nodes, inputs = _nodes(scene, phantom)
+    controller = Controller(scene, workroot=tmp_path / "work")
+    (tmp_path / "work").mkdir()
+    options = dict(depth=0, width=8, epochs=3, batch_size=64, val_samples=10, lr=0.01, device="cpu")
+    with pytest.raises(MRHNetError, match="histology"):
+        controller.train(inputs, None, "af", tmp_path / "x.mrhnet", options=options)
+    with pytest.raises(MRHNetError, match="NAME.mrhnet"):
+        controller.train(inputs, nodes["af"], "af", tmp_path / "folder", options=options)
+    controller.train(inputs, nodes["af"], "af", tmp_path / "af.mrhnet", options=options)
+    with pytest.raises(MRHNetError, match="training is in progress"):  # one job at a time
+        controller.predict(inputs, ["af"], device="cpu")
+    events = _run(controller, timeout=180)
+    epochs = [e.payload for e in events if e.kind == "data"]
+    assert [row["epoch"] for row in epochs] == [1, 2, 3]
+    model = events[-1].payload
+    assert read_info(model).target == "af"
+    np.testing.assert_allclose(controller.plot.values("epoch"), [1, 2, 3])
+    np.testing.assert_allclose(controller.plot.values("train"), [row["train_loss"] for row in epochs])
+    assert scene.GetNumberOfNodesByClass("vtkMRMLPlotChartNode") == 1
+    assert list((tmp_path / "work").iterdir()) == []  # the run folder went with the job's folder
+
+
+def test_sample_brain_simulated_in_the_child_and_loaded(scene, tmp_path):
+    controller = Controller(scene, workroot=tmp_path)
+    controller.load_sample(size="small", name="sample")
+    nodes = controller.wait(timeout=120)
+    assert {"t2w", "mt_on", "mt_off", "dwi_b2000", "dwi_b5000", "mask", "af", "nf", "mbp"} <= set(nodes)
+    assert nodes["t2w"].GetName() == "sample" and nodes["dwi_b2000"].GetNumberOfGradients() == 32
+    assert nodes["mask"].IsA("vtkMRMLLabelMapVolumeNode")
+    assert all(n.GetStorageNode() is None for n in nodes.values())  # nothing points at a deleted file
+    assert list(tmp_path.iterdir()) == []
+    view = scene.GetNthNodeByClass(0, "vtkMRMLSliceCompositeNode")
+    assert view.GetBackgroundVolumeID() == nodes["t2w"].GetID()
+
+
+def test_a_failing_job_reports_one_line_and_cleans_up(scene, phantom, tmp_path):
+    nodes, inputs = _nodes(scene, phantom)
+    broken = tmp_path / "broken.mrhnet"
+    broken.mkdir()
+    (broken / "model.json").write_text("{}")
+    controller = Controller(scene, workroot=tmp_path / "work")
+    (tmp_path / "work").mkdir()
+    assert controller.check(inputs, [str(broken)])  # unreadable model: a problem, no traceback
+    zero = sc.add_volume_node(scene, phantom.images["t2w"].with_data(np.zeros(phantom.shape, np.float32)), "zero")
+    before = sc.scene_signature(scene)
+    controller.predict(Inputs({**inputs.nodes, "mt_on": zero}), ["af"], device="cpu")
+    with pytest.raises(MRHNetError, match="zero.*all zeros"):
+        controller.wait(timeout=60)
+    assert sc.scene_signature(scene) == before and list((tmp_path / "work").iterdir()) == []
