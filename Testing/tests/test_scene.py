@@ -1,5 +1,5 @@
 """Scene logic against the real MRML scene of slicer-core (no mocks): files into nodes through storage
-nodes, nodes <-> engine volumes and gradients, subjects from nodes, output nodes and their display."""
+nodes, nodes <-> engine volumes and gradients, subjects from nodes, output nodes and their display (jobs on them: test_controller.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -244,106 +244,6 @@ def test_loss_plot_table_series_chart(scene):
     again = sc.LossPlot(scene)  # a new training run reuses the nodes, rows cleared
     assert again.table is plot.table and len(again.values("train")) == 0
     assert scene.GetNumberOfNodesByClass("vtkMRMLPlotSeriesNode") == 2
-
-
-# --- inference on scene nodes (needs the engine's inference) ----------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory, phantom):
-    import torch
-
-    from MRHNetLib.network.model import MRHNet
-    from MRHNetLib.network.modelfile import ModelInfo, save_model
-
-    folder = tmp_path_factory.mktemp("models")
-    paths = {}
-    for name, target, seed in (("af", "af", 0), ("nf", "nf", 1), ("af2", "af", 2)):
-        torch.manual_seed(seed)
-        protocol = phantom.protocol()
-        net = MRHNet(protocol.n_channels, depth=0, width=8)
-        paths[name] = save_model(folder / f"tiny-{name}.mrhnet", net,
-                                   ModelInfo(protocol, depth=0, target=target, width=8))
-    return paths
-
-
-def _wait(run, timeout=60):
-    import time
-
-    start = time.monotonic()
-    events = []
-    while not run.job.finished and time.monotonic() - start < timeout:
-        events += run.poll()
-        time.sleep(0.02)
-    return events
-
-
-def test_inference_round_trip_rerun_and_cancel(scene, phantom, tiny_models):
-    pytest.importorskip("MRHNetLib.network.infer")
-    nodes = _phantom_nodes(scene, phantom)
-    before = sc.scene_signature(scene)
-
-    # cancel: nothing added
-    run = sc.SceneInference(scene, [tiny_models["af"], tiny_models["nf"]], **nodes, device="cpu").start()
-    run.cancel()
-    _wait(run)
-    assert run.job.state == "cancelled" and sc.scene_signature(scene) == before
-
-    # a model that does not fit: the engine's message, before anything runs
-    with pytest.raises(MRHNetError, match="dwi_b2000"):
-        sc.SceneInference(scene, [tiny_models["af"]], t2w=nodes["t2w"], mt_on=nodes["mt_on"],
-                          mt_off=nodes["mt_off"], device="cpu")
-    assert sc.scene_signature(scene) == before
-
-    run = sc.SceneInference(scene, [tiny_models["af"], tiny_models["nf"]], **nodes, device="cpu").start()
-    events = _wait(run)
-    assert events[-1].kind == "done", run.job.error
-    assert set(run.outputs) >= {"af", "nf"}
-    for key in ("af", "nf"):
-        node = run.outputs[key]
-        np.testing.assert_allclose(sc.node_affine(node), sc.node_affine(nodes["t2w"]))
-        assert sc.volume_from_node(node).data.shape == phantom.shape
-        np.testing.assert_allclose(sc.volume_from_node(node).data, run.job.output[key].data)
-    # a second run replaces its own outputs; an ensemble of two AF models adds the uncertainty map
-    rerun = sc.SceneInference(scene, [tiny_models["af"], tiny_models["af2"]], **nodes, device="cpu").start()
-    _wait(rerun)
-    assert rerun.outputs["af"] is run.outputs["af"] and set(rerun.outputs) == {"af", "af_std"}
-    assert len(sc.output_nodes(scene, nodes["t2w"])) == 3  # af (updated), nf (kept), af_std (new)
-    std = rerun.outputs["af_std"]
-    assert std.GetName() == "brain1 MRH-AF-SD" and sc.volume_from_node(std).data.max() > 0
-    assert scene.GetNodeByID(std.GetDisplayNode().GetColorNodeID()).GetName() == "MRHNet AF-SD"
-    view = scene.GetNthNodeByClass(0, "vtkMRMLSliceCompositeNode")
-    assert view.GetForegroundVolumeID() == run.outputs["af"].GetID()  # the map, not its spread, is shown
-
-
-def test_training_on_scene_nodes_with_live_loss_plot(scene, phantom, tmp_path):
-    pytest.importorskip("MRHNetLib.network.train")
-    from MRHNetLib.network.modelfile import read_info
-    from MRHNetLib.network.train import read_log
-
-    nodes = sc.add_subject_nodes(scene, phantom, "brain1")
-    inputs = {k: nodes[k] for k in ("t2w", "mt_on", "mt_off", "dwi_b2000", "dwi_b5000")}
-    options = dict(depth=0, width=8, epochs=3, batch_size=64, val_samples=10, lr=0.01, device="cpu")
-
-    with pytest.raises(MRHNetError, match="histology"):
-        sc.SceneTraining(scene, None, "af", tmp_path / "x.mrhnet", options=options, **inputs)
-    cancelled = sc.SceneTraining(scene, nodes["af"], "af", tmp_path / "c.mrhnet", options=options,
-                                 mask=nodes["mask"], **inputs).start()
-    cancelled.cancel()
-    _wait(cancelled)
-    assert cancelled.job.state == "cancelled" and not (tmp_path / "c.mrhnet").exists()
-
-    training = sc.SceneTraining(scene, nodes["af"], "af", tmp_path / "af.mrhnet", options=options,
-                                mask=nodes["mask"], **inputs).start()
-    _wait(training, timeout=120)
-    training.refresh_plot()
-    assert training.job.state == "done", training.job.error
-    assert read_info(training.job.output).target == "af"
-    history = read_log(training.run_dir)
-    assert len(history) == 3
-    np.testing.assert_allclose(training.plot.values("epoch"), [h["epoch"] for h in history])
-    np.testing.assert_allclose(training.plot.values("train"), [h["train_loss"] for h in history])
-    assert scene.GetNumberOfNodesByClass("vtkMRMLPlotChartNode") == 1
 
 
 def test_overlay_figure_colours_the_brain_only(phantom, tmp_path):
