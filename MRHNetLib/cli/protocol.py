@@ -14,8 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("source", nargs="+", metavar="MODEL|SUBJECT_DIR|METHOD_FILES",
                    help="a .mrhnet model (or shipped model name), a subject folder, or method files / a folder of them")
     p.add_argument("--json", metavar="OUT", help="write the protocol as JSON to OUT ('-' for standard output)")
-    p.add_argument("--mt-order", default="t2w,mt_off,mt_on", metavar="ORDER",
-                   help="method files only: order of the T2/MT channels (default t2w,mt_off,mt_on)")
+    p.add_argument("--mt-order", metavar="ORDER",
+                   help="method files only: order of the T2/MT channels (default t2w,mt_on,mt_off, the original code's)")
     p.add_argument("--original-settings", action="store_true",
                    help="method files only: the original networks' settings (inputs divided by the global maximum, "
                         "0.0625 mm voxels, coronal 3x3 patches, targets on the 0-255 scale)")
@@ -24,11 +24,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def protocol_of(sources: list[str], mt_order: str = "t2w,mt_off,mt_on", original_settings: bool = False,
+def protocol_of(sources: list[str], mt_order: str | None = None, original_settings: bool = False,
                 voxel_size: float | None = None):
     """(Protocol, extra description lines) of a model, subject folder or method files."""
+    from ..data.bruker import DEFAULT_MT_ORDER
     from ..errors import MRHNetError
 
+    mt_order = mt_order or DEFAULT_MT_ORDER
     first = Path(sources[0])
     if len(sources) == 1 and (first / "model.json").is_file() or (len(sources) == 1 and not first.exists()):
         from ..network.catalog import resolve

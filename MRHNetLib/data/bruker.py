@@ -42,7 +42,9 @@ GRADIENT_TO_RAS = np.array([[1.0, 0.0, 0.0],
                             [0.0, 0.0, 1.0],
                             [0.0, 1.0, 0.0]])
 B0_MAX = 100.0  # s/mm^2: volumes below this are b0 images (the engine's convention)
-MT_ORDERS = ("t2w,mt_off,mt_on", "t2w,mt_on,mt_off")
+# order of the T2/MT channels: the original code's first (the default), then the original README's
+MT_ORDERS = ("t2w,mt_on,mt_off", "t2w,mt_off,mt_on")
+DEFAULT_MT_ORDER = MT_ORDERS[0]
 
 
 @dataclass
@@ -269,14 +271,15 @@ def classify_method_files(paths: Iterable[str | os.PathLike]) -> dict[str, Metho
 
 
 def protocol_from_method_files(dwi_b2000: str | os.PathLike, dwi_b5000: str | os.PathLike,
-                               mt_order: str = MT_ORDERS[0], *, voxel_size_mm: float | None = None,
+                               mt_order: str = DEFAULT_MT_ORDER, *, voxel_size_mm: float | None = None,
                                normalisation: Normalisation | None = None, patch_plane: str = "coronal",
                                half_patch: int = 1, to_ras: np.ndarray = GRADIENT_TO_RAS) -> Protocol:
     """The 67-channel protocol of the original networks from the two diffusion method files.
 
     Channels: the b2000 shell in acquisition order (its b0 images then its directions), the b5000 shell,
-    then the three T2/MT images in ``mt_order`` (``"t2w,mt_off,mt_on"``: the original README's
-    "T2-weighted, non-MT-weighted, MT-weighted"; ``"t2w,mt_on,mt_off"``: the file name's T2/MTON/OFF).
+    then the three T2/MT images in ``mt_order`` (``"t2w,mt_on,mt_off"``, the default: the original
+    code's, which appends one file ``t2MTONOFF`` "t2/MTON/MTOFF" after the DWI shells;
+    ``"t2w,mt_off,mt_on"``: the original README's "T2-weighted, non-MT-weighted, MT-weighted").
     b-values are the effective ones (``PVM_DwEffBval``; b0 images carry their small imaging b of about
     43 s/mm^2); directions are unit RAS vectors under the frame assumption of this module."""
     chans: list[Channel] = []
@@ -290,7 +293,7 @@ def protocol_from_method_files(dwi_b2000: str | os.PathLike, dwi_b5000: str | os
 
 
 def parse_mt_order(text: str) -> list[str]:
-    """``"t2w,mt_off,mt_on"`` (also with '-' or spaces, or 'T2/MTOFF/MTON'-like names) -> the three roles."""
+    """``"t2w,mt_on,mt_off"`` (also with '-' or spaces, or 'T2/MTON/MTOFF'-like names) -> the three roles."""
     aliases = {"t2": "t2w", "t2w": "t2w", "mton": "mt_on", "mt_on": "mt_on", "mtoff": "mt_off",
                "mt_off": "mt_off", "mt-on": "mt_on", "mt-off": "mt_off"}
     parts = [p.strip().lower() for p in text.replace("/", ",").replace(" ", ",").split(",") if p.strip()]

@@ -31,6 +31,7 @@ import numpy as np
 
 from ..errors import MRHNetError, Progress, ProgressCallback, as_progress
 from ..files import sha256_file
+from ..data.bruker import DEFAULT_MT_ORDER
 from ..data.protocol import Normalisation, Protocol
 
 ORIGINAL_VOXEL_MM = 0.0625
@@ -432,12 +433,13 @@ def to_mrhnet(dag: DAGFile, plan: MRHNetPlan | None = None):
     return net.eval()
 
 
-def original_protocol(mt_order: str = "t2w,mt_off,mt_on", method_files: Iterable[str | os.PathLike] | None = None,
+def original_protocol(mt_order: str = DEFAULT_MT_ORDER, method_files: Iterable[str | os.PathLike] | None = None,
                       half_patch: int = 1) -> tuple[Protocol, dict[str, Any]]:
     """The original networks' input protocol and the acquisition it came from.
 
     Channels and directions from the Bruker method files (the shipped copies by default; see
-    :mod:`MRHNetLib.data.bruker`), T2/MT order ``mt_order``, coronal 3x3 patches, the original data's
+    :mod:`MRHNetLib.data.bruker`), T2/MT order ``mt_order`` (default the original code's: T2w, MT-on,
+    MT-off), coronal 3x3 patches, the original data's
     0.0625 mm voxels and the original normalisation: every input divided by the subject's global
     maximum; targets were divided by their global maximum (uint8 AF, so at most 255), hence
     ``target_scale`` 255 puts predictions on the 0-255 scale of the original AF maps."""
@@ -460,7 +462,7 @@ def original_protocol(mt_order: str = "t2w,mt_off,mt_on", method_files: Iterable
     return proto, acq
 
 
-def import_matlab(mat_path: str | os.PathLike, out_path: str | os.PathLike, mt_order: str = "t2w,mt_off,mt_on",
+def import_matlab(mat_path: str | os.PathLike, out_path: str | os.PathLike, mt_order: str = DEFAULT_MT_ORDER,
                   method_files: Iterable[str | os.PathLike] | None = None, target: str = "af",
                   description: str | None = None,
                   progress: Progress | ProgressCallback | None = None) -> Path:
@@ -491,7 +493,7 @@ def import_matlab(mat_path: str | os.PathLike, out_path: str | os.PathLike, mt_o
         width=plan.width,
         description=description or (f"MRH-{target.upper()} {depth_text}, {TRAINED_BY}. Expects the original "
                                      f"protocol: 3D DW-GRASE b~1900 and b~4800 s/mm^2 (2 b0 + 30 directions each), "
-                                     f"T2w, MT-off, MT-on RARE ({', '.join(acquisition['t2_mt_order'])} order), "
+                                     f"{_order_text(acquisition['t2_mt_order'])} RARE (in this channel order), "
                                      f"data resampled to {ORIGINAL_VOXEL_MM} mm, inputs divided by the subject's "
                                      f"global maximum."),
         training={"summary": "by the original authors (Liang et al. 2022) in MATLAB on real ex vivo mouse MRI "
@@ -510,6 +512,12 @@ def import_matlab(mat_path: str | os.PathLike, out_path: str | os.PathLike, mt_o
     out = save_model(out_path, net, info)
     prog.update(1.0, f"wrote {out}")
     return out
+
+
+def _order_text(order: list[str]) -> str:
+    """``['t2w', 'mt_on', 'mt_off']`` -> ``'T2w, MT-on, MT-off'``."""
+    names = {"t2w": "T2w", "mt_on": "MT-on", "mt_off": "MT-off"}
+    return ", ".join(names[r] for r in order)
 
 
 # --- linear baselines ------------------------------------------------------------------------

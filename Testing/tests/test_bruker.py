@@ -33,7 +33,7 @@ def jcamp_array(path: Path, key: str) -> np.ndarray:
 def test_original_protocol_from_method_files(params):
     proto = protocol_from_method_files(params / "dwi_b2000_method", params / "dwi_b5000_method")
     assert proto.n_channels == 67
-    assert [c.role for c in proto.channels[-3:]] == ["t2w", "mt_off", "mt_on"]  # the original README's order
+    assert [c.role for c in proto.channels[-3:]] == ["t2w", "mt_on", "mt_off"]  # the original code's order
     for role, paper_b, text_file in (("dwi_b2000", 1915, "dwi_b2000_method"), ("dwi_b5000", 4814, "dwi_b5000_method")):
         b, g = proto.shell(role)
         assert len(b) == 32
@@ -68,8 +68,8 @@ def test_method_file_details_and_roles(params):
 
 def test_mt_order_and_errors(params, tmp_path):
     assert parse_mt_order("T2/MTON/OFF".replace("OFF", "MTOFF")) == ["t2w", "mt_on", "mt_off"]
-    proto = protocol_from_method_files(params / "dwi_b2000_method", params / "dwi_b5000_method", "t2w,mt_on,mt_off")
-    assert [c.role for c in proto.channels[-3:]] == ["t2w", "mt_on", "mt_off"]
+    proto = protocol_from_method_files(params / "dwi_b2000_method", params / "dwi_b5000_method", "T2w MT-off MT-on")
+    assert [c.role for c in proto.channels[-3:]] == ["t2w", "mt_off", "mt_on"]  # the original README's order
     with pytest.raises(MRHNetError, match="mt-order"):
         parse_mt_order("t2w,mt_on,mt_on")
     with pytest.raises(MRHNetError, match="not a diffusion method file"):

@@ -125,7 +125,11 @@ def test_shipped_networks_are_the_imported_files(shared_data):
         assert "original authors" in info.provenance["trained_by"]
         assert info.protocol.normalisation.method == "global_max"
         assert info.protocol.voxel_size_mm == 0.0625 and info.protocol.patch_plane == "coronal"
-        assert [c.role for c in info.protocol.channels[-3:]] == ["t2w", "mt_off", "mt_on"]
+        # the original code's order: cat(4, dwi2000, dwi5000, t2MTONOFF), one "t2/MTON/MTOFF" file
+        assert [c.role for c in info.protocol.channels[-3:]] == ["t2w", "mt_on", "mt_off"]
+        assert info.provenance["acquisition"]["t2_mt_order"] == ["t2w", "mt_on", "mt_off"]
+        assert "T2w, MT-on, MT-off RARE" in info.description
+        assert json.loads(resource("protocols", "original.json").read_text()) == info.protocol.to_dict()
         fresh = to_mrhnet(read_dag_network(src)).state_dict()
         for k, v in model.net.state_dict().items():
             assert torch.equal(v, fresh[k]), k
@@ -138,14 +142,28 @@ def test_import_twice_gives_identical_weights(net4, imported4, tmp_path):
     assert a == b
 
 
+def test_import_defaults_to_the_original_codes_order(net4, imported4, tmp_path, capsys):
+    from MRHNetLib.cli import main
+
+    assert [c.role for c in load_model(imported4).info.protocol.channels[-3:]] == ["t2w", "mt_on", "mt_off"]
+    out = tmp_path / "default.mrhnet"
+    assert main(["import-matlab", str(net4), "--out", str(out)]) == 0
+    assert (out / "model.json").read_text() == (imported4 / "model.json").read_text()
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["import-matlab", "--help"])
+    assert "t2w,mt_on,mt_off (default;" in " ".join(capsys.readouterr().out.split())
+
+
 def test_mt_order_and_cli(net4, tmp_path, capsys):
     from MRHNetLib.cli import main
 
-    out = tmp_path / "swapped.mrhnet"
-    assert main(["import-matlab", str(net4), "--out", str(out), "--mt-order", "t2w,mt_on,mt_off"]) == 0
+    out = tmp_path / "swapped.mrhnet"  # the original README's order, for data that say so
+    assert main(["import-matlab", str(net4), "--out", str(out), "--mt-order", "t2w,mt_off,mt_on"]) == 0
     info = load_model(out).info
-    assert [c.role for c in info.protocol.channels[-3:]] == ["t2w", "mt_on", "mt_off"]
-    assert info.provenance["acquisition"]["t2_mt_order"] == ["t2w", "mt_on", "mt_off"]
+    assert [c.role for c in info.protocol.channels[-3:]] == ["t2w", "mt_off", "mt_on"]
+    assert info.provenance["acquisition"]["t2_mt_order"] == ["t2w", "mt_off", "mt_on"]
+    assert "T2w, MT-off, MT-on RARE" in info.description
     assert main(["protocol", str(out)]) == 0
     assert "67 channels" in capsys.readouterr().out
     assert main(["import-matlab", str(net4), "--out", str(tmp_path / "bad.mrhnet"), "--mt-order", "t2w,mt_on"]) == 2

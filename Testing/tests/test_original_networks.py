@@ -35,6 +35,15 @@ def original_subject(tmp_path_factory):
     return folder, read_volume(out / "af.nii.gz")
 
 
+def test_shipped_originals_take_the_original_codes_t2_mt_order():
+    """The original code appends one T2/MTON/MTOFF file after the DWI shells: T2w, MT-on, MT-off."""
+    for name in ("af-original-4blocks", "af-original-9blocks"):
+        info = read_info(resolve(name))
+        assert [c.role for c in info.protocol.channels[-3:]] == ["t2w", "mt_on", "mt_off"]
+        assert info.provenance["acquisition"]["t2_mt_order"] == ["t2w", "mt_on", "mt_off"]
+    assert [c.role for c in original_protocol_from_json().channels[-3:]] == ["t2w", "mt_on", "mt_off"]
+
+
 def test_simulated_subject_has_the_original_protocol(original_subject):
     folder, _ = original_subject
     subject = load_subject(folder)

@@ -11,9 +11,10 @@ with exactly the protocol of ``Resources/protocols/original.json`` (b-values and
 original method files). To keep the run short, the brain mask handed to ``predict`` is restricted to
 ``--slices`` evenly spaced coronal slices: the networks' 3 x 3 patches lie in coronal slices and the
 original global-maximum normalisation is taken over the whole volume, not the mask, so the values at
-those voxels are exactly those of a whole-brain prediction. The networks were imported with the
-original README's order (T2w, MT-off, MT-on); the other order (the file name's T2w, MT-on, MT-off) is
-the same subject with its MT-on and MT-off images swapped. About 4 minutes and 7 GB on 2 CPU cores.
+those voxels are exactly those of a whole-brain prediction. The shipped networks record the original
+code's order (T2w, MT-on, MT-off: one T2/MTON/MTOFF file appended after the DWI shells); the other order
+(the original README's T2w, MT-off, MT-on) is the same subject with its MT-on and MT-off images swapped.
+About 4 minutes and 7 GB on 2 CPU cores.
 """
 from __future__ import annotations
 
@@ -30,7 +31,15 @@ from MRHNetLib.data.protocol import Protocol, plane_axes
 from MRHNetLib.resources import resource
 
 NETWORKS = {"4 blocks": "af-original-4blocks", "9 blocks": "af-original-9blocks"}
-ORDERS = ("t2w,mt_off,mt_on", "t2w,mt_on,mt_off")  # the shipped (README) order first
+ORDERS = ("t2w,mt_on,mt_off", "t2w,mt_off,mt_on")  # the shipped (original code's) order first, then the README's
+
+
+def shipped_order() -> str:
+    """The T2/MT order both shipped networks record (they must agree)."""
+    orders = {",".join(c.role for c in as_model(name).info.protocol.channels[-3:]) for name in NETWORKS.values()}
+    if len(orders) != 1:
+        raise SystemExit(f"the shipped original networks record different T2/MT orders: {sorted(orders)}")
+    return orders.pop()
 
 
 def slab_mask(mask: np.ndarray, affine: np.ndarray, n_slices: int) -> tuple[np.ndarray, np.ndarray]:
@@ -65,7 +74,7 @@ def main(out_dir: Path, brain: str = "C1", seed: int = 0, n_slices: int = 12, fi
     maps: dict[tuple[str, str], np.ndarray] = {}
     images = dict(subject.images)
     for order in ORDERS:
-        if order == "t2w,mt_on,mt_off":  # the network's MT-off channel gets MT-on and vice versa
+        if order != shipped_order():  # the network's MT-on channel gets MT-off and vice versa
             subject.images["mt_on"], subject.images["mt_off"] = images["mt_off"], images["mt_on"]
         for label, name in NETWORKS.items():
             t0 = time.monotonic()
