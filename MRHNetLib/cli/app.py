@@ -7,16 +7,28 @@ import sys
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("app", help="start the MRHNet web app (browser GUI on real Slicer views)",
-                       description="Start the MRHNet web app. It reads and writes files only inside DATA_DIR "
-                       "and has no login: it listens on 127.0.0.1 only unless --host says otherwise. "
-                       "From another machine use an SSH tunnel: ssh -L 8080:127.0.0.1:8080 SERVER")
+                       description="Start the MRHNet web app. It reads and writes files only inside DATA_DIR. "
+                       "It prints the address to open, http://127.0.0.1:PORT/?token=TOKEN: the page, its files "
+                       "and its websocket are refused (403) without that secret token, so other users of the "
+                       "machine cannot use the app. The token is random unless --token or $MRHNET_APP_TOKEN "
+                       "gives one (the variable keeps it out of ps). It listens on 127.0.0.1 only unless --host "
+                       "says otherwise; from another machine use an SSH tunnel, "
+                       "ssh -L 8080:127.0.0.1:8080 SERVER, and open the printed address.")
     p.add_argument("data_dir", nargs="?", default=".", metavar="SUBJECT_OR_DATA_DIR",
                    help="data folder with subject folders and model folders (*.mrhnet), or one subject folder "
                         "(default: the current folder)")
     p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080; 0: any free port)")
     p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1). Anything else exposes the app, which has "
-                        "no login, to the network")
+                   help="address to listen on (default 127.0.0.1). Any other address (0.0.0.0, a network "
+                        "interface) exposes the app to the network, over plain HTTP: it is never served "
+                        "without a token")
+    access = p.add_mutually_exclusive_group()
+    access.add_argument("--token", metavar="TOKEN",
+                        help="the access token to require (default: $MRHNET_APP_TOKEN, else a new random one). "
+                             "Prefer the environment variable: options show in ps")
+    access.add_argument("--no-token", action="store_true",
+                        help="serve without a token: every user of this machine can then use the app and "
+                             "its data folder. Refused for any --host other than 127.0.0.1, localhost, ::1")
     p.add_argument("--simulated-size", choices=("small", "medium", "full"), default="small",
                    help="grid of the built-in simulated brain (default small)")
     p.set_defaults(func=run)
@@ -26,19 +38,26 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..errors import MRHNetError
-    from ..gui.webapp import LOOPBACK, WebApp
+    from ..gui.webapp import LOOPBACK, access_token, access_url
 
+    # every refusal happens here, before the (slow) app is built and long before anything listens
+    token = access_token(args.host, args.token, args.no_token)
     folder = Path(args.data_dir)
     if not folder.is_dir():
         raise MRHNetError(f"{folder}: data folder does not exist")
+    if token is None:
+        print(f"warning: no token: every user of this machine can use the MRHNet app, run models and read and "
+              f"write files in {folder.resolve()}.", file=sys.stderr)
     if args.host not in LOOPBACK:
-        print(f"warning: listening on {args.host}: the MRHNet app has NO login; anyone who can reach this "
-              f"address can run models and read and write files in {folder.resolve()}. Prefer the default "
-              f"127.0.0.1 and an SSH tunnel (ssh -L {args.port}:127.0.0.1:{args.port} SERVER).",
-              file=sys.stderr)
+        print(f"warning: listening on {args.host}: anyone who can reach this address and has the token can run "
+              f"models and read and write files in {folder.resolve()}, and the token travels unencrypted "
+              f"(plain HTTP). Prefer the default 127.0.0.1 and an SSH tunnel "
+              f"(ssh -L {args.port}:127.0.0.1:{args.port} SERVER).", file=sys.stderr)
+
+    from ..gui.webapp import WebApp
+
     app = WebApp(folder, simulated_size=args.simulated_size)
-    shown = f"[{args.host}]" if ":" in args.host else args.host
     app.ctrl.on_server_ready.add(lambda **_: print(f"MRHNet app serving {folder.resolve()} at "
-                                                   f"http://{shown}:{app.server.port}/", flush=True))
-    app.start(host=args.host, port=args.port)
+                                                   f"{access_url(args.host, app.server.port, token)}", flush=True))
+    app.start(host=args.host, port=args.port, token=token)
     return 0

@@ -5,9 +5,13 @@ protocol check's errors, overlay choice and opacity, evaluation, save) next to a
 sagittal slice views of a real MRML scene (T2w background, virtual stain as coloured overlay) and an
 optional 3D view. Scene and display code is shared with the Slicer module (:mod:`MRHNetLib.gui.scene`).
 
-Security: the app has no login. It serves 127.0.0.1 unless told otherwise, and it reads and writes files
-only inside the data folder it was started with: every path that comes from the page goes through
-:func:`resolve_in`, which refuses absolute paths, ``..`` and symlinks that leave the folder.
+Security: every HTTP request (the page, its files, the websocket that carries the state and the views)
+must carry the app's secret token (``?token=``, a cookie set by the first visit with it, or an
+``Authorization: token ...`` header); an aiohttp middleware on the server trame builds refuses the rest with
+403 (:func:`require_token`). The app serves 127.0.0.1 unless told otherwise, never another address
+without a token (:func:`access_token`), and it reads and writes files only inside the data folder it was
+started with: every path that comes from the page goes through :func:`resolve_in`, which refuses absolute
+paths, ``..`` and symlinks that leave the folder.
 
 Long work (loading a subject, simulating the brain, inference) runs in a background thread
 (:mod:`MRHNetLib.gui.jobs`); an asyncio task on the server loop reads its progress and updates the page, so
@@ -16,7 +20,10 @@ the page never freezes. The scene is only touched from the server loop.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import os
+import secrets
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,7 +39,9 @@ SIM_FOLDER = "simulated_brain"  # where the simulated brain's maps are saved, un
 MAX_DEPTH = 3  # how deep subject / model folders are searched under the data folder
 POLL_S = 0.2
 CHUNK_VOXELS = 1024  # voxels per inference chunk: a progress report (and a chance to cancel) after each
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")  # the addresses served without a token on --no-token
+TOKEN_ENV = "MRHNET_APP_TOKEN"  # the token from the environment (does not show in ps, unlike --token)
+TOKEN_PARAM = "token"  # ?token=... in the printed URL
 
 
 # --- files: everything the page asks for stays inside the data folder ----------------------------------
@@ -538,15 +547,143 @@ class WebApp:
         for view in self.slicer.view_manager.get_views():
             view.render()
 
-    def start(self, host: str = "127.0.0.1", port: int = 8080, **kwargs) -> None:
-        import sys
-
-        sys.argv[1:] = []  # trame parses the command line itself; ours was parsed already
-        self.server.start(host=host, port=port, open_browser=False, timeout=0, show_connection_info=False,
-                          **kwargs)
+    def start(self, host: str = "127.0.0.1", port: int = 8080, token: str | None = None, **kwargs) -> None:
+        """Serve on ``host:port`` (blocks). With ``token`` every request must carry it (:func:`require_token`);
+        without one only a loopback address is served."""
+        start_server(self.server, host, port, token, **kwargs)
 
 
 def serve(data_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8080, subject: str | None = None,
-          simulated_size: str = "small") -> None:
-    """Start the web app on ``host:port`` serving ``data_dir`` (blocks until stopped)."""
-    WebApp(data_dir, subject=subject, simulated_size=simulated_size).start(host=host, port=port)
+          simulated_size: str = "small", token: str | None = None, no_token: bool = False) -> None:
+    """Start the web app on ``host:port`` serving ``data_dir`` (blocks until stopped); prints the URL with the
+    token (a new random one unless ``token`` or $MRHNET_APP_TOKEN gives it)."""
+    token = access_token(host, token, no_token)
+    app = WebApp(data_dir, subject=subject, simulated_size=simulated_size)
+    app.ctrl.on_server_ready.add(lambda **_: print(f"MRHNet app serving {app.root} at "
+                                                   f"{access_url(host, app.server.port, token)}", flush=True))
+    app.start(host=host, port=port, token=token)
+
+
+# --- the server: who may use the app ---------------------------------------------------------------------
+# The trame page, its script files and its websocket are all served by one aiohttp application that wslink
+# builds inside ``server.start``. trame hands that wslink server to ``controller.on_server_bind`` before it
+# starts listening: there an aiohttp middleware is put in front of every route, so a request without the
+# token never reaches trame (no page, no file, no websocket upgrade, hence no state and no views).
+def new_token() -> str:
+    """A random token, as Jupyter makes them (256 bits, URL-safe)."""
+    return secrets.token_urlsafe(32)
+
+
+def access_token(host: str, token: str | None = None, no_token: bool = False,
+                 environ: dict | None = None) -> str | None:
+    """The token the app on ``host`` requires: ``token``, else $MRHNET_APP_TOKEN, else a new random one;
+    None only for ``no_token`` on a loopback address. :class:`MRHNetError` for ``no_token`` on any other
+    address, for an empty token, or for both a token and ``no_token``."""
+    if no_token:
+        if host not in LOOPBACK:
+            raise MRHNetError(f"--no-token refused for --host {host}: an address other than "
+                              f"{', '.join(LOOPBACK)} is only served with a token")
+        if token is not None:
+            raise MRHNetError("give either a token or --no-token, not both")
+        return None  # an explicit --no-token wins over $MRHNET_APP_TOKEN
+    if token is None:
+        token = (os.environ if environ is None else environ).get(TOKEN_ENV)
+    if token is None:
+        return new_token()
+    if not token.strip() or token != token.strip():
+        raise MRHNetError("the token must not be empty or begin or end with a space")
+    return token
+
+
+def access_url(host: str, port: int, token: str | None) -> str:
+    """The address to open: ``http://HOST:PORT/?token=TOKEN`` (no query without a token)."""
+    from urllib.parse import urlencode
+
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/" + (f"?{urlencode({TOKEN_PARAM: token})}" if token else "")
+
+
+def token_cookie(token: str) -> str:
+    """The cookie name for this token: cookies are shared by every port of a host, so two apps on one server
+    (or two tunnels on one laptop) each get their own cookie; the name reveals nothing of the token."""
+    return "mrhnet_" + hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
+def _same(given: str | None, token: str) -> bool:
+    return given is not None and hmac.compare_digest(given.encode("utf-8", "replace"), token.encode("utf-8"))
+
+
+REFUSED_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>MRHNet: token required</title></head>
+<body style="font-family: sans-serif; margin: 3em"><h1 id="refused">MRHNet: access refused</h1>
+<p>This MRHNet app needs its access token. Open the address with <code>?token=...</code> that
+<code>mrhnet app</code> printed when it started.</p></body></html>"""
+
+
+def token_middleware(token: str):
+    """An aiohttp middleware that lets a request through only with the token: in the query (``?token=``, which
+    also sets an HttpOnly, SameSite=Strict cookie so that reloads and the websocket work), in that cookie, or
+    in an ``Authorization: token TOKEN`` header. Everything else gets 403 and the refusal page."""
+    from aiohttp import web
+
+    cookie = token_cookie(token)
+
+    def authorized(request) -> tuple[bool, bool]:
+        """(allowed, came with ?token=)"""
+        if _same(request.query.get(TOKEN_PARAM), token):
+            return True, True
+        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        return _same(request.cookies.get(cookie), token) or (scheme.lower() == "token" and _same(value, token)), \
+            False
+
+    def remember(response) -> None:
+        response.set_cookie(cookie, token, httponly=True, samesite="Strict", path="/")
+
+    @web.middleware
+    async def check_token(request, handler):
+        allowed, from_query = authorized(request)
+        if not allowed:
+            return web.Response(status=403, text=REFUSED_PAGE, content_type="text/html",
+                                headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:  # "/" redirects to index.html: the cookie goes with the redirect
+            if from_query:
+                remember(exc)
+            raise
+        if isinstance(response, web.StreamResponse) and not response.prepared:  # a websocket is prepared
+            if from_query:
+                remember(response)
+            response.headers.setdefault("Referrer-Policy", "no-referrer")  # the token stays off Referer
+        return response
+
+    return check_token
+
+
+def require_token(server, token: str) -> None:
+    """Make the trame ``server`` refuse every request without ``token`` (call before it starts). Fails
+    closed: if the web server trame builds is not an aiohttp application that takes the middleware, the start
+    raises instead of serving unprotected."""
+    middleware = token_middleware(token)
+
+    def bind(wslink_server) -> None:
+        app = getattr(wslink_server, "app", None)
+        middlewares = getattr(app, "middlewares", None)
+        if middlewares is None or getattr(middlewares, "frozen", True):
+            raise RuntimeError("MRHNet app: cannot install the token check on this web server; not serving")
+        middlewares.insert(0, middleware)  # first: outside any middleware wslink added
+
+    server.controller.on_server_bind.add(bind)
+
+
+def start_server(server, host: str, port: int, token: str | None, **kwargs) -> None:
+    """Start the trame ``server`` on ``host:port`` (blocks), requiring ``token`` when one is given; refuses a
+    non-loopback address without a token before binding anything."""
+    import sys
+
+    if token is None and host not in LOOPBACK:
+        raise MRHNetError(f"{host}: an address other than {', '.join(LOOPBACK)} is only served with a token")
+    if token is not None:
+        require_token(server, token)
+    sys.argv[1:] = []  # trame parses the command line itself; ours was parsed already
+    server.start(host=host, port=port, open_browser=False, timeout=0, show_connection_info=False,
+                 backend="aiohttp", **kwargs)

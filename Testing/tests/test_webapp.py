@@ -3,7 +3,11 @@ real browser (the system chromium through playwright) on the simulated brain.
 
 The browser test starts ``mrhnet app`` as a subprocess on a free loopback port, runs the simulated brain
 through the models, and analyses screenshot pixels of the real Slicer slice views: greyscale before a run
-and after a cancelled run, coloured overlay inside the brain and greyscale outside it after a run."""
+and after a cancelled run, coloured overlay inside the brain and greyscale outside it after a run.
+
+Access: the page, its files and its websocket are refused without the app's token (HTTP and websocket
+clients against the real app, and the browser); a non-loopback address is never served without a token.
+Only 127.0.0.1 is ever served by these tests."""
 from __future__ import annotations
 
 import io
@@ -14,15 +18,15 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from MRHNetLib.errors import MRHNetError
-from MRHNetLib.gui.webapp import (OUTPUT_PATTERN, SIM_FOLDER, list_model_folders, list_subjects, resolve_in,
-                              save_maps, subject_files)
+from MRHNetLib.gui.webapp import (OUTPUT_PATTERN, SIM_FOLDER, TOKEN_ENV, access_token, access_url,
+                                  list_model_folders, list_subjects, resolve_in, save_maps, subject_files,
+                                  token_cookie)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -143,8 +147,10 @@ def _make_models(data: Path) -> tuple[list[str], str]:
 class AppProcess:
     """``mrhnet app DATA --port N`` as a subprocess, its output collected for failure messages."""
 
-    def __init__(self, data: Path, port: int, *options: str):
+    def __init__(self, data: Path, port: int, *options: str, extra_env: dict | None = None):
         env = dict(os.environ, VTK_DEFAULT_OPENGL_WINDOW="vtkEGLRenderWindow", PYTHONUNBUFFERED="1")
+        env.pop(TOKEN_ENV, None)  # a token of the user's shell must not leak into the tests
+        env.update(extra_env or {})
         self.proc = subprocess.Popen([sys.executable, "-m", "MRHNetLib", "app", str(data), "--port", str(port),
                                       *options], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      env=env)
@@ -219,18 +225,160 @@ def _wait_state(page, key: str, value, timeout_s: float, app: AppProcess) -> Non
     raise AssertionError(f"{key} != {value!r} (status {page.inner_text('#status')!r})\n{app.log()}")
 
 
-def test_app_refuses_a_missing_folder_and_warns_off_loopback(tmp_path):
-    missing = subprocess.run([sys.executable, "-m", "MRHNetLib", "app", str(tmp_path / "nope")],
-                             capture_output=True, text=True, timeout=60)
+# --- access: the token --------------------------------------------------------------------------------
+def _mrhnet_app(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env.pop(TOKEN_ENV, None)
+    return subprocess.run([sys.executable, "-m", "MRHNetLib", "app", *args], capture_output=True, text=True,
+                          timeout=60, env=env)
+
+
+def test_access_token_rules():
+    tokens = {access_token("127.0.0.1", environ={}) for _ in range(3)}
+    assert len(tokens) == 3 and all(len(t) >= 40 for t in tokens)  # random, 256 bits
+    assert access_token("0.0.0.0", environ={TOKEN_ENV: "from-env"}) == "from-env"
+    assert access_token("0.0.0.0", "given", environ={TOKEN_ENV: "from-env"}) == "given"
+    assert access_token("127.0.0.1", no_token=True, environ={TOKEN_ENV: "from-env"}) is None
+    for host in ("0.0.0.0", "::", "192.168.1.5", "127.0.0.2", "example.org"):
+        with pytest.raises(MRHNetError, match="--no-token refused"):
+            access_token(host, no_token=True, environ={})
+    for bad in ("", " ", " padded "):
+        with pytest.raises(MRHNetError, match="empty"):
+            access_token("127.0.0.1", bad, environ={})
+    with pytest.raises(MRHNetError, match="not both"):
+        access_token("127.0.0.1", "x", no_token=True, environ={})
+    assert access_url("127.0.0.1", 8080, "a b/c") == "http://127.0.0.1:8080/?token=a+b%2Fc"
+    assert access_url("::1", 9, None) == "http://[::1]:9/"
+    assert "secret" not in token_cookie("secret") and token_cookie("a") != token_cookie("b")
+
+
+def test_app_never_serves_a_network_address_without_a_token(tmp_path):
+    """``--no-token`` off loopback exits with code 2 before the app is built or anything listens."""
+    for host in ("0.0.0.0", "::", "127.0.0.2"):
+        t0 = time.time()
+        refused = _mrhnet_app(str(tmp_path), "--host", host, "--no-token", "--port", str(_free_port()))
+        assert refused.returncode == 2 and "--no-token refused" in refused.stderr, refused.stderr
+        assert "serving" not in refused.stdout and time.time() - t0 < 30
+    both = _mrhnet_app(str(tmp_path), "--token", "x", "--no-token")
+    assert both.returncode == 2 and "not allowed with" in both.stderr
+    empty = _mrhnet_app(str(tmp_path), "--token", "")
+    assert empty.returncode == 2 and "empty" in empty.stderr
+    missing = _mrhnet_app(str(tmp_path / "nope"))
     assert missing.returncode == 2 and "data folder does not exist" in missing.stderr
-    # 127.0.0.2 is a loopback address on Linux, but not the default one: the no-login warning must appear
-    app = AppProcess(tmp_path, _free_port(), "--host", "127.0.0.2")
+
+
+def test_app_command_prints_the_token_url_and_warns(tmp_path, monkeypatch, capsys):
+    """``mrhnet app``'s wiring, with the web app replaced by a stand-in that serves nothing: the token (from
+    the environment, random, or none on loopback) reaches the server and the printed URL; warnings."""
+    from types import SimpleNamespace
+
+    import MRHNetLib.gui.webapp as webapp
+    from MRHNetLib.cli import main
+
+    started = {}
+
+    class StandIn:
+        def __init__(self, folder, simulated_size):
+            self.ready = []
+            self.ctrl = SimpleNamespace(on_server_ready=SimpleNamespace(add=self.ready.append))
+            self.server = SimpleNamespace(port=4321)
+
+        def start(self, host, port, token):
+            started.update(host=host, port=port, token=token)
+            for callback in self.ready:
+                callback()
+
+    monkeypatch.setattr(webapp, "WebApp", StandIn)
+    monkeypatch.setenv(TOKEN_ENV, "env-token")
+    assert main(["app", str(tmp_path), "--host", "0.0.0.0", "--port", "0"]) == 0
+    out, err = capsys.readouterr()
+    assert started == {"host": "0.0.0.0", "port": 0, "token": "env-token"}
+    assert f"serving {tmp_path.resolve()} at http://0.0.0.0:4321/?token=env-token" in out
+    assert "has the token" in err and "plain HTTP" in err and "ssh -L 0:127.0.0.1:0" in err
+
+    monkeypatch.delenv(TOKEN_ENV)
+    assert main(["app", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert started["host"] == "127.0.0.1" and len(started["token"]) >= 40
+    assert out.strip().endswith(f"at http://127.0.0.1:4321/?token={started['token']}") and not err
+    assert main(["app", str(tmp_path), "--token", "given"]) == 0
+    assert started["token"] == "given" and "?token=given" in capsys.readouterr().out
+
+    assert main(["app", str(tmp_path), "--no-token"]) == 0
+    out, err = capsys.readouterr()
+    assert started["token"] is None and out.strip().endswith("at http://127.0.0.1:4321/")
+    assert "every user of this machine" in err
+
+
+async def _probe_access(base: str, token: str) -> None:
+    """HTTP and websocket requests against the running app, with and without its token."""
+    import re
+
+    import aiohttp
+
+    def session(**kwargs) -> aiohttp.ClientSession:  # cookies for 127.0.0.1 need an "unsafe" jar
+        return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True), **kwargs)
+
+    async def status(client, path: str, **kwargs) -> int:
+        async with client.get(base + path, allow_redirects=False, **kwargs) as r:
+            if r.status == 403:
+                assert "access refused" in await r.text() and r.headers["Cache-Control"] == "no-store"
+                assert token not in await r.text()
+            return r.status
+
+    async def ws_status(client, path: str = "/ws", **kwargs) -> int:
+        try:
+            async with client.ws_connect(base + path, **kwargs) as ws:
+                assert not ws.closed
+                return 101
+        except aiohttp.WSServerHandshakeError as exc:
+            return exc.status
+
+    cookie = token_cookie(token)
+    async with session() as good:
+        async with good.get(f"{base}/?token={token}") as r:  # the printed URL (redirects to index.html)
+            assert r.status == 200, r.status
+            page = await r.text()
+        assert [c.value for c in good.cookie_jar if c.key == cookie] == [token]
+        morsel = next(c for c in good.cookie_jar if c.key == cookie)
+        assert morsel["httponly"] and morsel["samesite"] == "Strict"
+        assets = re.findall(r'(?:src|href)="\.?/?([^"?#]+\.(?:js|css))"', page)
+        assert assets, page[:500]
+        # with the cookie of that first visit: the page, its files and its websocket
+        for path in ("/", "/index.html", *(f"/{a}" for a in assets)):
+            assert await status(good, path) in (200, 302), path
+        assert await ws_status(good) == 101
+
+    async with session() as anyone:
+        for path in ("/", "/index.html", f"/{assets[0]}", "/ws", "/nothing-here",
+                     "/?token=wrong", f"/?token={token[:-1]}", f"/?token={token}x"):
+            assert await status(anyone, path) == 403, path
+        assert await status(anyone, "/index.html", headers={"Cookie": f"{cookie}=wrong"}) == 403
+        assert await status(anyone, "/index.html", headers={"Authorization": "token wrong"}) == 403
+        assert await ws_status(anyone) == 403
+        assert await ws_status(anyone, "/ws?token=wrong") == 403
+        assert await ws_status(anyone, headers={"Cookie": f"{cookie}={token}x"}) == 403
+        # the token in the query or an Authorization header also opens the websocket, and the files
+        assert await ws_status(anyone, f"/ws?token={token}") == 101
+        assert await ws_status(anyone, headers={"Authorization": f"token {token}"}) == 101
+        assert await status(anyone, f"/{assets[0]}", headers={"Authorization": f"token {token}"}) == 200
+
+
+def test_app_requires_its_token_for_the_page_its_files_and_the_websocket(tmp_path):
+    import asyncio
+    import secrets
+
+    token = secrets.token_urlsafe(24)
+    port = _free_port()
+    app = AppProcess(tmp_path, port, extra_env={TOKEN_ENV: token})  # from the environment: not in ps
     try:
         url = app.wait_ready()
-        assert url.startswith("http://127.0.0.2:")
-        assert "NO login" in app.log() and "ssh -L" in app.log()
-        with urllib.request.urlopen(url, timeout=10) as page:
-            assert page.status == 200
+        base = f"http://127.0.0.1:{port}"
+        assert url == f"{base}/?token={token}"
+        assert token.encode() not in Path(f"/proc/{app.proc.pid}/cmdline").read_bytes()
+        assert "no token" not in app.log() and "listening on" not in app.log()
+        asyncio.run(_probe_access(base, token))
+        assert app.proc.poll() is None, app.log()
     finally:
         app.stop()
 
@@ -252,11 +400,20 @@ def test_webapp_in_a_real_browser(tmp_path):
     app = AppProcess(data, _free_port())
     try:
         url = app.wait_ready()
-        assert url.startswith("http://127.0.0.1:") and "NO login" not in app.log()
+        base, _, query = url.partition("?")
+        assert url.startswith("http://127.0.0.1:") and query.startswith("token=") and "warning: " not in app.log()
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
+            # without the token (a page in its own context: no cookie): the refusal, no app
+            stranger = browser.new_page()
+            response = stranger.goto(base)
+            assert response.status == 403 and "access refused" in stranger.inner_text("body")
+            time.sleep(1.0)
+            assert stranger.locator("#status").count() == 0 and stranger.locator("#views").count() == 0
+            stranger.close()
+
             page = browser.new_page(viewport={"width": 1400, "height": 760})
-            page.goto(url)
+            assert page.goto(url).status == 200  # the printed URL
             page.wait_for_selector("#status", timeout=30_000)
             _wait_status(page, "loaded", 60, app)
             page.wait_for_selector("#views img", timeout=30_000)
@@ -338,6 +495,11 @@ def test_webapp_in_a_real_browser(tmp_path):
                 assert "refused" in page.inner_text("#error")
                 assert len(_state(page, "overlays")) == len(run_models)  # the loaded subject stays
                 page.evaluate("window.trame.state.set('error', '')")
+
+            # a reload without ?token= works: the first visit left a cookie (page and websocket)
+            assert page.goto(base).status == 200
+            page.wait_for_selector("#views img", timeout=30_000)
+            _wait_state(page, "runs", 2, 20, app)
             browser.close()
         print(f"cancel took {cancel_s:.2f} s; run of {len(run_models)} models {run_s:.1f} s")
     finally:
