@@ -2,13 +2,15 @@
 
 For each target map (AF, NF, MBP) inside the brain mask:
 
-* agreement with the truth: SSIM and PSNR (scikit-image; data range = the truth's range in the mask),
-  Pearson r, RMSE;
+* agreement with the truth: R^2 = 1 - SSE/SST, SSIM and PSNR (scikit-image; data range = the truth's
+  range in the mask), Pearson r, RMSE;
 * detection of high-target voxels, as the paper's ROC analysis: a voxel is positive when its truth
   exceeds the ``percentile`` (default 80th) of the truth in the mask; ROC-AUC (scikit-learn) of the
   network's map and of each single MRI marker alone (FA, MTR, T2w, MD). A marker's AUC is reported
   for its better direction: sign ``-`` means low marker values indicate high target (its AUC is that
   of the negated marker);
+* baselines (:mod:`MRHNetLib.evaluation.baselines`) with the same metrics: a ridge fit and gradient-boosted
+  trees of the same centre-voxel inputs, trained on given training subjects (``baseline_train``);
 * per-region numbers when a label map is given;
 * input contribution by perturbation (paper, Fig. 3): Gaussian noise added to one channel group at a
   time (b2000, b5000, T2w, MT; each map for a maps network) on a sample of brain voxels; the rise in
@@ -32,11 +34,15 @@ import numpy as np
 from ..errors import MRHNetError, as_progress
 from ..files import atomic_write_text
 from ..data.io import Volume
+from .baselines import BASELINE_NAMES, DEFAULT_MAX_SAMPLES, subject_baselines
 
 MARKERS = ("fa", "mtr", "t2w", "md")
 MARKER_NAMES = {"fa": "FA", "mtr": "MTR", "t2w": "T2w", "md": "MD"}
 GROUP_NAMES = {"dwi_b2000": "b2000", "dwi_b5000": "b5000", "t2w": "T2w", "mt": "MT"}
 DEFAULT_PERCENTILE = 80.0
+# The paper's voxel-wise R^2 and ROC-AUC on real brains (Liang et al., eLife 2022, text): other data, for reference
+PAPER_REAL = {"af": {"r2": 0.71, "auc": "> 0.94"}, "nf": {"r2": 0.61}, "mbp": {"r2": 0.73}}
+PAPER_LABEL = "paper, real brains (Liang et al. 2022; other data)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -76,7 +82,8 @@ def high_voxels(truth: np.ndarray, mask: np.ndarray, percentile: float) -> tuple
 
 def agreement(truth: np.ndarray, pred: np.ndarray, mask: np.ndarray, percentile: float = DEFAULT_PERCENTILE,
               ssim: bool = True) -> dict[str, float]:
-    """SSIM, PSNR (dB), Pearson r, RMSE and ROC-AUC of ``pred`` against ``truth`` inside ``mask``."""
+    """R^2 (1 - SSE/SST), SSIM, PSNR (dB), Pearson r, RMSE and ROC-AUC of ``pred`` against ``truth`` inside
+    ``mask``."""
     from skimage.metrics import peak_signal_noise_ratio
 
     t, p = truth[mask].astype(np.float64), pred[mask].astype(np.float64)
@@ -86,7 +93,9 @@ def agreement(truth: np.ndarray, pred: np.ndarray, mask: np.ndarray, percentile:
         psnr = float(peak_signal_noise_ratio(t, p, data_range=rng))
         r = float(np.corrcoef(t, p)[0, 1]) if t.std() > 0 and p.std() > 0 else float("nan")
     labels, _ = high_voxels(truth, mask, percentile)
-    out = {"ssim": ssim_in_mask(truth, pred, mask, rng) if ssim else float("nan"), "psnr_db": psnr,
+    sst = float(np.sum((t - t.mean()) ** 2))
+    r2 = 1.0 - float(np.sum((t - p) ** 2)) / sst if sst > 0 else float("nan")
+    out = {"r2": r2, "ssim": ssim_in_mask(truth, pred, mask, rng) if ssim else float("nan"), "psnr_db": psnr,
            "pearson_r": r, "rmse": float(np.sqrt(np.mean((t - p) ** 2))), "auc": roc_auc(labels, p)}
     return out
 
@@ -213,6 +222,7 @@ class Evaluation:
     markers: dict[str, np.ndarray] = field(default_factory=dict)
     mask: np.ndarray | None = None
     slice_axis: int = 1
+    baselines: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # kind -> target -> map
 
     def save(self, folder: str | os.PathLike) -> dict[str, Path]:
         """Write report.json, report.md and report.png into ``folder`` (each atomically)."""
@@ -260,12 +270,16 @@ def evaluate(predictions: Mapping[str, Volume | np.ndarray], truth: Mapping[str,
              *, subject=None, mask: np.ndarray | None = None, labels: Volume | np.ndarray | None = None,
              percentile: float = DEFAULT_PERCENTILE, markers: Sequence[str] = MARKERS,
              models: Sequence = (), noise: float = 0.1, n_sample: int = 20000, seed: int = 0,
+             baseline_train: Sequence = (), baseline_samples: int = DEFAULT_MAX_SAMPLES, data_label: str = "",
              device: str = "auto", progress=None) -> Evaluation:
     """Evaluate predicted maps (by target name) against the truth (``truth`` or ``subject``'s target
     images) inside the mask (given, the subject's, or where truth or prediction is non-zero).
 
     ``subject`` also gives the single-marker maps and, with ``models`` (one per target), the inputs of
-    the perturbation analysis. Keys ending in ``_std`` (ensemble spread) are skipped."""
+    the perturbation analysis. ``baseline_train`` (subjects holding every evaluated target, same inputs as
+    ``subject``) trains the ridge and boosting baselines on at most ``baseline_samples`` voxels.
+    ``data_label`` says what the data are (for example "simulated brain R2"; shown in the report).
+    Keys ending in ``_std`` (ensemble spread) are skipped."""
     prog = as_progress(progress)
     if not 0 < percentile < 100:
         raise MRHNetError(f"percentile {percentile} must lie between 0 and 100")
@@ -298,12 +312,24 @@ def evaluate(predictions: Mapping[str, Volume | np.ndarray], truth: Mapping[str,
     notes: list[str] = []
     mk: dict[str, np.ndarray] = {}
     if subject is not None and markers:
-        mk, notes = subject_markers(subject, markers, prog.sub(0.0, 0.3))
+        mk, notes = subject_markers(subject, markers, prog.sub(0.0, 0.2))
+    base_maps: dict[str, dict[str, np.ndarray]] = {}
+    base_info: dict[str, Any] = {}
+    if baseline_train:
+        if subject is None:
+            raise MRHNetError("baselines need the subject's input images (give a subject folder)")
+        prog.update(0.2, "baselines")
+        base_maps = subject_baselines(list(baseline_train), subject, targets, seed=seed,
+                                      max_samples=baseline_samples)
+        base_info = {"kinds": {k: BASELINE_NAMES[k] for k in base_maps},
+                     "training_subjects": [s.name for s in baseline_train], "max_samples": baseline_samples,
+                     "inputs": int(subject.protocol().n_channels), "seed": seed}
     by_target = {}
     for t in targets:
         _, thr = high_voxels(tarr[t], mask, percentile)
         entry: dict[str, Any] = {"voxels": int(mask.sum()), "threshold": thr,
                                  "network": agreement(tarr[t], parr[t], mask, percentile),
+                                 "baselines": {k: agreement(tarr[t], m[t], mask, percentile) for k, m in base_maps.items()},
                                  "markers": {MARKER_NAMES.get(k, k): marker_detection(v, tarr[t], mask, percentile)
                                              for k, v in mk.items()}}
         if lab is not None:
@@ -326,7 +352,12 @@ def evaluate(predictions: Mapping[str, Volume | np.ndarray], truth: Mapping[str,
                 m, subject, tarr[t], noise=noise, n_sample=n_sample, seed=seed, device=device,
                 progress=prog.sub(0.5 + 0.5 * k / len(loaded), 0.5 + 0.5 * (k + 1) / len(loaded)))
     summary = {"percentile": percentile, "mask_voxels": int(mask.sum()), "targets": by_target,
+               "baselines": base_info, "data": data_label,
                "definitions": {
+                   "r2": "1 - SSE/SST inside the mask (SST about the truth's mean in the mask)",
+                   "baselines": "voxel-wise fits of the network's input channels at the centre voxel (normalised "
+                                "as the network sees them), trained on the training subjects: ridge = standard "
+                                "scaler + Ridge(alpha=1); boosting = HistGradientBoostingRegressor (200 iterations)",
                    "auc": f"ROC-AUC for voxels whose truth exceeds its {percentile:g}th percentile in the mask",
                    "marker sign": "+: high marker = high target; -: low marker = high target (AUC of the negated marker)",
                    "ssim": "scikit-image SSIM (3D, data range of the truth in the mask), averaged over the mask",
@@ -340,7 +371,7 @@ def evaluate(predictions: Mapping[str, Volume | np.ndarray], truth: Mapping[str,
 
         slice_axis = plane_axes(subject.affine, "coronal")[0]
     prog.update(1.0, "evaluated")
-    return Evaluation(summary, tarr, parr, mk, mask, slice_axis)
+    return Evaluation(summary, tarr, parr, mk, mask, slice_axis, base_maps)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,18 +388,31 @@ def _fmt(x, digits: int = 3) -> str:
 
 def markdown(summary: dict) -> str:
     """The report as Markdown tables."""
-    lines = ["# Virtual histology evaluation", "",
-             f"Inside the brain mask ({summary['mask_voxels']:,} voxels). AUC: detection of voxels above the "
-             f"{summary['percentile']:g}th percentile of the truth; a marker's sign says which direction "
-             f"detects (− = low values).", ""]
+    data = summary.get("data") or ""
+    lines = ["# Virtual histology evaluation", ""]
+    if data:
+        lines += [f"Data: {data}.", ""]
+    lines += [f"Inside the brain mask ({summary['mask_voxels']:,} voxels). R^2 = 1 - SSE/SST. AUC: detection of "
+              f"voxels above the {summary['percentile']:g}th percentile of the truth; a marker's sign says which "
+              f"direction detects (− = low values).", ""]
+    base = summary.get("baselines") or {}
+    if base:
+        lines += [f"Baselines: fits of the {base['inputs']} input channels at the centre voxel (normalised as the "
+                  f"network sees them; no 3 x 3 context), trained on {', '.join(base['training_subjects'])} "
+                  f"(at most {base['max_samples']:,} voxels).", ""]
     for t, e in summary["targets"].items():
         n = e["network"]
-        lines += [f"## {t.upper()}", "", "| map | SSIM | PSNR (dB) | Pearson r | RMSE | ROC-AUC |",
-                  "|---|---|---|---|---|---|",
-                  f"| network | {_fmt(n['ssim'])} | {_fmt(n['psnr_db'], 2)} | {_fmt(n['pearson_r'])} | "
-                  f"{_fmt(n['rmse'], 2)} | {_fmt(n['auc'])} |"]
+        row = lambda name, a: (f"| {name} | {_fmt(a.get('r2'))} | {_fmt(a['ssim'])} | {_fmt(a['psnr_db'], 2)} | "  # noqa: E731
+                               f"{_fmt(a['pearson_r'])} | {_fmt(a['rmse'], 2)} | {_fmt(a['auc'])} |")
+        lines += [f"## {t.upper()}", "", "| map | R^2 | SSIM | PSNR (dB) | Pearson r | RMSE | ROC-AUC |",
+                  "|---|---|---|---|---|---|---|", row("network", n)]
+        for k, a in e.get("baselines", {}).items():
+            lines.append(row(f"{BASELINE_NAMES.get(k, k)} (baseline)", a))
         for name, m in e["markers"].items():
-            lines.append(f"| {name} alone ({m['sign']}) | | | {_fmt(m['pearson_r'])} | | {_fmt(m['auc'])} |")
+            lines.append(f"| {name} alone ({m['sign']}) | | | | {_fmt(m['pearson_r'])} | | {_fmt(m['auc'])} |")
+        if t in PAPER_REAL:
+            p = PAPER_REAL[t]
+            lines.append(f"| {PAPER_LABEL} | {_fmt(p['r2'], 2)} | | | | | {p.get('auc', '')} |")
         lines.append("")
         if e.get("regions"):
             lines += ["| region | voxels | truth mean | prediction mean | r | RMSE | AUC |", "|---|---|---|---|---|---|---|"]
@@ -392,7 +436,8 @@ def markdown(summary: dict) -> str:
 
 
 def figure(ev: Evaluation, path: str | os.PathLike) -> Path:
-    """Matching slices of truth, prediction and each marker; scatter plots; ROC curves; perturbation bars."""
+    """Matching slices of truth, prediction, each baseline and each marker; scatter plots; ROC curves (network,
+    baselines, markers); perturbation bars."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -406,13 +451,19 @@ def figure(ev: Evaluation, path: str | os.PathLike) -> Path:
     k = int(np.argmax(counts))
     take = lambda a: np.take(a, k, axis=ax_s).T  # noqa: E731  (rows: last axis, shown upwards)
     has_bars = any("perturbation" in ev.summary["targets"][t] for t in targets)
-    ncol = 2 + len(ev.markers) + 2 + (1 if has_bars else 0)
+    kinds = list(ev.baselines)
+    ncol = 2 + len(kinds) + len(ev.markers) + 2 + (1 if has_bars else 0)
     fig, axes = plt.subplots(len(targets), ncol, figsize=(2.3 * ncol, 2.5 * len(targets)), squeeze=False)
     rng = np.random.default_rng(0)
     for row, t in enumerate(targets):
         truth, pred = ev.truth[t], ev.pred[t]
+        e = ev.summary["targets"][t]
         hi = float(np.percentile(truth[mask], 99.5)) or 1.0
-        panels = [(f"{t.upper()} truth", truth, (0, hi)), (f"{t.upper()} network", pred, (0, hi))]
+        panels = [(f"{t.upper()} truth", truth, (0, hi)),
+                  (f"{t.upper()} network, R² {_fmt(e['network']['r2'], 2)}", pred, (0, hi))]
+        for kind in kinds:
+            panels.append((f"{BASELINE_NAMES.get(kind, kind)}, R² {_fmt(e['baselines'][kind]['r2'], 2)}",
+                           ev.baselines[kind][t], (0, hi)))
         for name, m in ev.markers.items():
             vals = m[mask]
             panels.append((MARKER_NAMES.get(name, name), m * mask, tuple(np.percentile(vals, [0.5, 99.5]))))
@@ -421,7 +472,6 @@ def figure(ev: Evaluation, path: str | os.PathLike) -> Path:
             a.imshow(take(img), cmap="gray", vmin=lim[0], vmax=lim[1], origin="lower")
             a.set_title(title, fontsize=8)
             a.axis("off")
-        e = ev.summary["targets"][t]
         t_in, p_in = truth[mask], pred[mask]
         sel = rng.choice(len(t_in), min(len(t_in), 5000), replace=False)
         a = axes[row, len(panels)]
@@ -435,6 +485,9 @@ def figure(ev: Evaluation, path: str | os.PathLike) -> Path:
         if labels.any() and not labels.all():
             fpr, tpr, _ = roc_curve(labels, p_in)
             a.plot(fpr, tpr, lw=1.5, label=f"network {_fmt(e['network']['auc'], 2)}")
+            for kind in kinds:
+                fpr, tpr, _ = roc_curve(labels, ev.baselines[kind][t][mask])
+                a.plot(fpr, tpr, lw=1.0, ls="--", label=f"{kind} {_fmt(e['baselines'][kind]['auc'], 2)}")
             for name, m in ev.markers.items():
                 info = e["markers"][MARKER_NAMES.get(name, name)]
                 s = m[mask] if info["sign"] == "+" else -m[mask]
