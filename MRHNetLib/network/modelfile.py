@@ -28,6 +28,7 @@ FORMAT_VERSION = 1
 WEIGHTS = "weights.safetensors"
 META = "model.json"
 SUFFIX = ".mrhnet"
+MODEL_FILES = (META, WEIGHTS)
 
 
 @dataclass
@@ -87,11 +88,38 @@ class LoadedModel:
             (self.path.name if self.path else "model")
 
 
+def check_model_path(path: str | os.PathLike) -> Path:
+    """Refuse a model path that saving could not write without losing a user's files: it must end in
+    ``.mrhnet``, and an existing one must be an earlier model (nothing but our model files). Returns it."""
+    path = Path(path)
+    if not path.name.endswith(SUFFIX) or path.name == SUFFIX:
+        raise MRHNetError(f"{path}: a model path must end in {SUFFIX} (for example "
+                          f"{path.with_name((path.stem if path.name != SUFFIX else 'model') + SUFFIX)})")
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise MRHNetError(f"{path}: exists and is not a model folder; choose a new NAME{SUFFIX} path")
+    if path.is_dir():
+        foreign = sorted(p.name for p in path.iterdir() if not _ours(p))
+        if foreign:
+            raise MRHNetError(f"{path}: holds other files than a model ({', '.join(foreign[:3])}"
+                              f"{', ...' if len(foreign) > 3 else ''}); it is never replaced: choose a new "
+                              f"NAME{SUFFIX} path")
+    return path
+
+
+def _ours(p: Path) -> bool:
+    """A model file of ours, or a temporary that our atomic writes leave (``.NAME.xxxx``)."""
+    if p.is_symlink() or not p.is_file():
+        return False
+    return p.name in MODEL_FILES or any(p.name.startswith(f".{name}.") for name in MODEL_FILES)
+
+
 def save_model(path: str | os.PathLike, net: MRHNet, info: ModelInfo) -> Path:
-    """Write ``path`` (a ``.mrhnet`` folder) atomically: built in a temporary folder, then renamed into place."""
+    """Write ``path`` (a ``.mrhnet`` folder) atomically: built in a temporary folder beside it, then
+    renamed into place. An existing folder is replaced only when it is an earlier model
+    (:func:`check_model_path`); anything else is refused and left untouched."""
     from safetensors.torch import save_file
 
-    path = Path(path)
+    path = check_model_path(path)
     if net.in_channels != info.protocol.n_channels or net.depth != info.depth:
         raise MRHNetError(f"{path}: network ({net.in_channels} inputs, depth {net.depth}) does not match its "
                           f"description ({info.protocol.n_channels} channels, depth {info.depth})")
@@ -106,24 +134,43 @@ def save_model(path: str | os.PathLike, net: MRHNet, info: ModelInfo) -> Path:
         meta = info.to_dict()
         meta["weights_sha256"] = sha256_file(tmp / WEIGHTS)
         (tmp / META).write_text(json.dumps(meta, indent=1))
-        if path.exists():  # swap: the old model stays whole until the new one is in place
-            old = path.with_name(path.name + ".old")
-            _rmtree(old)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            _rmtree(old)
-        else:
-            os.replace(tmp, path)
+        _swap_into_place(tmp, path)
     finally:
-        _rmtree(tmp)
+        _remove_model_folder(tmp)
     return path
 
 
-def _rmtree(p: Path) -> None:
-    import shutil
+def _swap_into_place(new: Path, path: Path) -> None:
+    """Rename ``new`` to ``path``; an earlier model there stays whole until the new one is in place."""
+    if not path.exists():
+        os.replace(new, path)
+        return
+    check_model_path(path)  # again, just before touching it
+    trash = Path(tempfile.mkdtemp(prefix=".old-" + path.name + "-", dir=path.parent))
+    try:
+        os.replace(path, trash / path.name)
+        os.replace(new, path)
+    except OSError:
+        if (trash / path.name).exists() and not path.exists():
+            os.replace(trash / path.name, path)  # put the earlier model back
+        raise
+    finally:
+        _remove_model_folder(trash / path.name)
+        _remove_model_folder(trash)
 
-    if p.exists():
-        shutil.rmtree(p, ignore_errors=True)
+
+def _remove_model_folder(folder: Path) -> None:
+    """Remove our model files and temporaries from ``folder``, then the folder if that left it empty.
+    Anything else (a file someone added meanwhile) is never deleted: the folder then stays."""
+    if folder.is_symlink() or not folder.is_dir():
+        return
+    for p in folder.iterdir():
+        if _ours(p):
+            p.unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
 
 
 def _read_meta(path: Path) -> tuple[dict, ModelInfo]:

@@ -142,3 +142,49 @@ def test_not_a_model_is_refused(tmp_path):
     with pytest.raises(MRHNetError, match="not an MRHNet model description"):
         load_model(path)
 
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_saving_never_deletes_a_users_files(tmp_path):
+    """Saving into a folder that holds anything but an earlier model is refused and leaves every file."""
+    path, net, info = _model(tmp_path)
+    for name in ("notes.mrhnet", "m2.mrhnet"):
+        folder = tmp_path / name
+        (folder / "sub").mkdir(parents=True)
+        (folder / "notes.txt").write_text("my notes")
+        (folder / "sub" / "data.txt").write_text("my data")
+    (tmp_path / "m2.mrhnet" / "model.json").write_text("{}")  # a model-like folder with user files in it
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "keep.txt").write_text("keep")
+    (tmp_path / "file.mrhnet").write_text("not a folder")
+    before = _tree(tmp_path)
+    for name in ("notes.mrhnet", "m2.mrhnet"):
+        with pytest.raises(MRHNetError, match=f"{name}: holds other files than a model .*choose a new NAME.mrhnet"):
+            save_model(tmp_path / name, net, info)
+    # a path without the suffix (a user's folder, a new name) or a file is refused with a suggestion
+    for name, pattern in (("results", "results: a model path must end in .mrhnet \\(for example .*results.mrhnet\\)"),
+                          ("new-model", "must end in .mrhnet \\(for example .*new-model.mrhnet\\)"),
+                          ("file.mrhnet", "exists and is not a model folder")):
+        with pytest.raises(MRHNetError, match=pattern) as exc:
+            save_model(tmp_path / name, net, info)
+        assert "\n" not in str(exc.value)
+    assert _tree(tmp_path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.mrhnet", "m.mrhnet", "m2.mrhnet", "notes.mrhnet",
+                                                           "results"]  # no temporaries left
+
+
+def test_resaving_over_an_earlier_model_replaces_it(tmp_path):
+    path, net, info = _model(tmp_path)
+    (path / ".weights.safetensors.abc123").write_bytes(b"a temporary of ours")
+    other = init_weights(MRHNet(net.in_channels, 2, width=16), "glorot", torch.Generator().manual_seed(5))
+    save_model(path, other, info)
+    assert sorted(p.name for p in path.iterdir()) == ["model.json", "weights.safetensors"]
+    assert torch.equal(load_model(path).net.state_dict()["Conv1.weight"], other.state_dict()["Conv1.weight"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.mrhnet"]
+    empty = tmp_path / "empty.mrhnet"
+    empty.mkdir()
+    save_model(empty, net, info)  # an empty folder holds nothing to lose
+    assert load_model(empty).info.depth == 2
