@@ -10,6 +10,9 @@ import time
 from pathlib import Path
 
 HELD_OUT = "R2"  # the demo networks were trained on brain C1 and its deformations only
+# --train: small networks trained in seconds (depth 3, --epochs, default 3); every other option is the
+# command's config default (MRHNetLib.network.config; fine-tuning at its learning rate 1e-4)
+DEMO_TRAINING = {"depth": 3, "epochs": 3}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
     p.add_argument("--train", action="store_true",
                    help="train small AF/NF/MBP networks on simulated brain C1 instead of using the shipped ones")
-    p.add_argument("--epochs", type=int, default=3, help="epochs for --train (default 3)")
+    p.add_argument("--epochs", type=int, default=DEMO_TRAINING["epochs"],
+                   help=f"epochs for --train (default {DEMO_TRAINING['epochs']})")
     p.add_argument("--no-perturbation", action="store_true", help="skip the input-contribution analysis")
     p.set_defaults(func=run)
 
@@ -44,19 +48,19 @@ def _bar(desc: str):
 
 def _train_models(out: Path, size: str, epochs: int, device: str) -> list[Path]:
     from ..simulation.phantom import simulate_subject
-    from ..network.train import TrainConfig, finetune, train
+    from ..network.train import config_for, finetune, train
 
     subjects = [simulate_subject("C1", seed=0, size=size)]
-    config = TrainConfig(depth=3, epochs=epochs, device=device)
     bar, report = _bar("train AF")
     with bar:
-        af = train(subjects, "af", out / "models" / "mrh-af.mrhnet", config, progress=report)
+        af = train(subjects, "af", out / "models" / "mrh-af.mrhnet",
+                   config_for("train", **{**DEMO_TRAINING, "epochs": epochs}, device=device), progress=report)
     paths = [Path(af)]
+    tune = config_for("finetune", epochs=epochs, device=device)  # depth: the AF network's
     for target in ("nf", "mbp"):
         bar, report = _bar(f"fine-tune {target.upper()}")
         with bar:
-            paths.append(Path(finetune(af, subjects, target, out / "models" / f"mrh-{target}.mrhnet",
-                                       TrainConfig(depth=3, epochs=epochs, device=device, lr=1e-4),
+            paths.append(Path(finetune(af, subjects, target, out / "models" / f"mrh-{target}.mrhnet", tune,
                                        progress=report)))
     return paths
 

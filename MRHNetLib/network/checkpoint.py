@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,9 @@ from ..files import atomic_write_bytes, atomic_write_text, read_json, sha256_fil
 
 STATE = "checkpoint.json"
 FORMAT = "mrhnet-checkpoint"
+# our files, and the temporaries of their atomic writes (files.atomic_write_bytes: ".NAME.xxxx")
+_NAMES = r"(checkpoint\.json|ckpt-[\w-]+\.safetensors)"
+_CHECKPOINT_FILE = re.compile(rf"{_NAMES}|\.{_NAMES}\..+")
 
 
 def flatten(obj: Any, tensors: dict[str, torch.Tensor], prefix: str = "") -> Any:
@@ -86,6 +90,26 @@ def save_checkpoint(folder: str | os.PathLike, state: dict[str, Any], tag: str) 
         if old.name != name:
             old.unlink(missing_ok=True)
     return folder / STATE
+
+
+def remove_checkpoint(folder: str | os.PathLike) -> None:
+    """Remove a checkpoint folder's files (and their temporaries), then the folder if that emptied it;
+    files that :func:`save_checkpoint` did not write are left alone."""
+    folder = Path(folder)
+    if folder.is_symlink() or not folder.is_dir():
+        return
+    for p in folder.iterdir():
+        if p.is_file() and not p.is_symlink() and _is_checkpoint_file(p.name):
+            p.unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+def _is_checkpoint_file(name: str) -> bool:
+    """``checkpoint.json``, ``ckpt-<tag>.safetensors`` or a temporary of their atomic writes."""
+    return _CHECKPOINT_FILE.fullmatch(name) is not None
 
 
 def has_checkpoint(folder: str | os.PathLike) -> bool:

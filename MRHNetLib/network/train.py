@@ -3,19 +3,21 @@
 :func:`train` fits a new network to one target (AF, NF, MBP or a user's) from training subjects;
 :func:`finetune` starts from a trained model and replaces its head (Conv4, Conv5) as the original made
 MRH-NF and MRH-MBP from MRH-AF. Both write a safe model file (:mod:`MRHNetLib.network.modelfile`) and keep a run
-folder (``NAME.run/`` beside ``NAME.mrhnet`` unless given) with:
+folder (``NAME.run/`` beside ``NAME.mrhnet`` unless given; ``keep_run_dir=False`` removes it at the end,
+:func:`new_run_dir` makes a temporary one) with:
 
 * ``checkpoint/``: the last complete checkpoint (weights, optimiser, scheduler, epoch, random states,
   sample order, best weights), written atomically after every epoch (:mod:`MRHNetLib.network.checkpoint`);
 * ``log.csv`` and ``log.json``: per-epoch training / validation loss, learning rate, time;
 * ``curve.png``: the loss curves (also on demand: :func:`plot_log`, ``mrhnet train --plot RUN_DIR``).
 
-Defaults are the original's recipe (``MRH_training.mlx``): MSE over the 3 x 3 target patch, SGD with
-momentum 0.9, learning rate 0.1 x 0.1 every 10 epochs, L2 1e-4 on the weights (MATLAB's default bias
-L2 factor is 0), gradient clipping of each parameter's gradient to L2 norm 0.01 (MATLAB's ``l2norm``
-method), mini-batch 128, up to 300 epochs, the last 1000 (shuffled) samples held out. The paper's
-variants are options: early stopping (patience 5, best-validation weights kept), orthogonal
-initialisation and the L1 loss.
+The options, their defaults and help live in :mod:`MRHNetLib.network.config` (:func:`config_for` gives
+a command's; fine-tuning starts at learning rate 1e-4). Defaults are the original's recipe
+(``MRH_training.mlx``): MSE over the 3 x 3 target patch, SGD with momentum 0.9, learning rate 0.1 x 0.1
+every 10 epochs, L2 1e-4 on the weights (MATLAB's default bias L2 factor is 0), gradient clipping of
+each parameter's gradient to L2 norm 0.01 (MATLAB's ``l2norm`` method), mini-batch 128, up to 300
+epochs, the last 1000 (shuffled) samples held out. The paper's variants are options: early stopping
+(patience 5, best-validation weights kept), orthogonal initialisation and the L1 loss.
 
 Under ``torchrun --nproc_per_node N`` (``WORLD_SIZE`` > 1) every rank takes a contiguous shard of each
 global batch and DistributedDataParallel averages the gradients (NCCL on GPUs, gloo on CPU); the loss of
@@ -33,7 +35,7 @@ import random
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -41,74 +43,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from .config import TrainConfig, config_for, gui_defaults, option_specs  # noqa: F401 (the API)
+from .checkpoint import has_checkpoint, load_checkpoint, remove_checkpoint, save_checkpoint
 from ..files import atomic_write_bytes, atomic_write_text
 from ..errors import MRHNetError, Progress, ProgressCallback, as_progress
 from .model import MRHNet, init_weights, reinit_conv
-from .modelfile import SUFFIX, LoadedModel, ModelInfo, load_model, save_model
+from .modelfile import SUFFIX, LoadedModel, ModelInfo, check_model_path, load_model, save_model
 from ..data.orient import canonical_subject
 from ..data.protocol import Protocol, check_compatible, scale_group
 from ..data.subject import Subject
 
-FINETUNE_LR = 1e-4
 LOG_FIELDS = ("epoch", "train_loss", "val_loss", "lr", "seconds", "samples_per_s")
+RUN_FILES = ("log.json", "log.csv", "curve.png")
 RESUMABLE_CHANGES = ("epochs", "device", "num_threads", "checkpoint_steps", "preload_mb")
-
-
-@dataclass
-class TrainConfig:
-    """Training options (JSON-able; stored in the model file). Defaults: the original's recipe."""
-
-    depth: int = 5                  # residual blocks (the paper: 30 for AF; 3-5 for small data sets)
-    width: int = 64
-    epochs: int = 300
-    batch_size: int = 128
-    lr: float = 0.1                 # base learning rate (finetune: 1e-4)
-    lr_drop_factor: float = 0.1
-    lr_drop_every: int = 10         # epochs between learning-rate drops
-    momentum: float = 0.9
-    weight_decay: float = 1e-4      # L2 on convolution weights (not biases, as MATLAB)
-    clip_norm: float = 0.01         # 0 disables
-    clip_method: str = "param"      # "param": each parameter's gradient (MATLAB l2norm); "global": all together
-    loss: str = "mse"               # "mse" (the code) or "l1" (the paper's absolute distance)
-    init: str = "glorot"            # "glorot" (MATLAB default) or "orthogonal" (the paper)
-    val_samples: int = 1000         # the last N shuffled samples held out when no validation subjects
-    patience: int = 0               # early stopping after N epochs without a better validation loss (0: off)
-    keep_best: bool = False         # save the best-validation weights (always on with early stopping)
-    head_lr_factor: float = 10.0    # finetune: learning-rate factor of the new Conv4/Conv5
-    target_percentile: float = 99.5  # target scale: this percentile of training targets inside the masks
-    normalisation: str = "percentile"  # input normalisation: "percentile" or the original's "global_max"
-    seed: int = 0
-    device: str = "auto"            # "auto" (CUDA when present), "cpu", "cuda", "cuda:1"
-    amp: bool = False               # mixed precision (CUDA only)
-    deterministic: bool = False     # reproducible kernels (tests, exact resume on GPU)
-    num_threads: int = 0            # CPU threads for torch (0: torch's default)
-    checkpoint_steps: int = 0       # also checkpoint every N steps inside an epoch (0: per epoch only)
-    preload_mb: int = 4096          # materialise training patches on the device up to this size
-    sampling: dict[str, Any] = field(default_factory=dict)  # SamplingConfig options (MRHNetLib.network.patches)
-
-    def __post_init__(self) -> None:
-        choices = {"loss": ("mse", "l1"), "init": ("glorot", "orthogonal"), "clip_method": ("param", "global"),
-                   "normalisation": ("percentile", "global_max")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise MRHNetError(f"unknown {name} '{getattr(self, name)}' (use {' or '.join(allowed)})")
-        for name in ("depth", "epochs", "batch_size", "lr_drop_every"):
-            if int(getattr(self, name)) < (0 if name == "depth" else 1):
-                raise MRHNetError(f"{name} must be positive (got {getattr(self, name)})")
-        if self.lr <= 0:
-            raise MRHNetError(f"learning rate must be positive (got {self.lr})")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise MRHNetError(f"unknown training option(s) {', '.join(sorted(unknown))}")
-        return cls(**d)
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,14 +71,19 @@ def run_dir_for(out: str | os.PathLike) -> Path:
 def train(subjects: Sequence[Subject], target: str, out: str | os.PathLike, config: TrainConfig | None = None,
           protocol: Protocol | None = None, val_subjects: Sequence[Subject] | None = None,
           progress: Progress | ProgressCallback | None = None, resume: bool = False,
-          run_dir: str | os.PathLike | None = None, description: str = "") -> Path:
+          run_dir: str | os.PathLike | None = None, description: str = "", keep_run_dir: bool = True) -> Path:
     """Train a new network on ``subjects`` for ``target`` and write the model file ``out``.
 
-    ``protocol``: the input channels (default: the first subject's own raw images; ``maps_protocol()``
-    for parameter maps). ``val_subjects``: held-out subjects for validation (default: the last
-    ``config.val_samples`` shuffled samples). ``resume``: continue from the run folder's checkpoint.
+    ``config``: default ``config_for("train")``. ``protocol``: the input channels (default: the first
+    subject's own raw images; ``maps_protocol()`` for parameter maps). ``val_subjects``: held-out
+    subjects for validation (default: the last ``config.val_samples`` shuffled samples). ``resume``:
+    continue from the run folder's checkpoint. ``run_dir``: checkpoints and logs (default ``NAME.run``
+    beside ``out``); ``keep_run_dir=False`` removes them when training ends, however it ends
+    (:func:`remove_run_dir`). ``out`` must be a new ``NAME.mrhnet`` path or an earlier model
+    (:func:`~MRHNetLib.network.modelfile.check_model_path`, checked before any work).
     Returns the model path (written by rank 0 only under ``torchrun``)."""
-    config = config or TrainConfig()
+    check_model_path(out)
+    config = config or config_for("train")
     subjects = _check_subjects(subjects, target, "training")
     protocol = copy.deepcopy(protocol) if protocol is not None else subjects[0].protocol("raw")
     protocol.normalisation.method = config.normalisation
@@ -140,18 +92,21 @@ def train(subjects: Sequence[Subject], target: str, out: str | os.PathLike, conf
     for s in subjects + list(val_subjects or []):
         check_compatible(protocol, s.protocol(protocol.input_kind))
     return _run(subjects, target, out, config, protocol, val_subjects, progress, resume, run_dir, None,
-                description)
+                description, keep_run_dir)
 
 
 def finetune(base_model: str | os.PathLike | LoadedModel, subjects: Sequence[Subject], target: str,
              out: str | os.PathLike, config: TrainConfig | None = None,
              val_subjects: Sequence[Subject] | None = None, progress: Progress | ProgressCallback | None = None,
-             resume: bool = False, run_dir: str | os.PathLike | None = None, description: str = "") -> Path:
+             resume: bool = False, run_dir: str | os.PathLike | None = None, description: str = "",
+             keep_run_dir: bool = True) -> Path:
     """Transfer learning: start from ``base_model``, replace Conv4 and Conv5 with freshly initialised
-    layers learning at ``config.head_lr_factor`` x the base rate (default base rate 1e-4), train all
-    layers on ``subjects`` for ``target``. The input protocol is the base model's."""
+    layers learning at ``config.head_lr_factor`` x the base rate, train all layers on ``subjects`` for
+    ``target``. ``config``: default ``config_for("finetune")`` (base rate 1e-4); its depth, width and
+    normalisation are the base model's, as is the input protocol. Other arguments as :func:`train`."""
+    check_model_path(out)
     base = base_model if isinstance(base_model, LoadedModel) else load_model(base_model)
-    config = config or TrainConfig(lr=FINETUNE_LR)
+    config = config or config_for("finetune")
     config = TrainConfig.from_dict({**config.to_dict(), "depth": base.info.depth, "width": base.info.width,
                                     "normalisation": base.info.protocol.normalisation.method})
     subjects = _check_subjects(subjects, target, "fine-tuning")
@@ -162,7 +117,36 @@ def finetune(base_model: str | os.PathLike | LoadedModel, subjects: Sequence[Sub
         except MRHNetError as exc:
             raise MRHNetError(f"{s.name}: does not fit base model {base.name}: {exc}") from None
     return _run(subjects, target, out, config, protocol, val_subjects, progress, resume, run_dir, base,
-                description)
+                description, keep_run_dir)
+
+
+def new_run_dir() -> Path:
+    """A new temporary run folder (``mrhnet-train-*`` in the system's temporary folder), for callers
+    that show the log while training runs and then remove it (:func:`remove_run_dir`)."""
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix="mrhnet-train-"))
+
+
+def remove_run_dir(run_dir: str | os.PathLike) -> None:
+    """Remove a run folder's checkpoint, logs and curve, then the folder if nothing else is in it.
+    Files that training did not write are never deleted (the folder then stays with them)."""
+    run_dir = Path(run_dir)
+    if run_dir.is_symlink() or not run_dir.is_dir():
+        return
+    remove_checkpoint(run_dir / "checkpoint")
+    for p in run_dir.iterdir():
+        if p.is_file() and not p.is_symlink() and _is_run_file(p.name):
+            p.unlink(missing_ok=True)
+    try:
+        run_dir.rmdir()
+    except OSError:
+        pass
+
+
+def _is_run_file(name: str) -> bool:
+    """A file training writes into its run folder, or the temporary of its atomic write."""
+    return name in RUN_FILES or any(name.startswith(f".{f}.") for f in RUN_FILES)
 
 
 def read_log(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -539,7 +523,8 @@ def _check_resume(state: dict, config: TrainConfig, summary: dict, kind: str, ta
 
 def _run(subjects: Sequence[Subject], target: str, out: str | os.PathLike, config: TrainConfig,
          protocol: Protocol, val_subjects: Sequence[Subject] | None, progress, resume: bool,
-         run_dir: str | os.PathLike | None, base: LoadedModel | None, description: str) -> Path:
+         run_dir: str | os.PathLike | None, base: LoadedModel | None, description: str,
+         keep_run_dir: bool = True) -> Path:
     out = Path(out)
     run_dir = Path(run_dir) if run_dir is not None else run_dir_for(out)
     ckpt_dir = run_dir / "checkpoint"
@@ -557,6 +542,8 @@ def _run(subjects: Sequence[Subject], target: str, out: str | os.PathLike, confi
     finally:
         if dist.created:
             torch.distributed.destroy_process_group()
+        if not keep_run_dir and dist.main:
+            remove_run_dir(run_dir)
 
 
 def _fit(train_set: SampleSet, val_set: SampleSet, protocol: Protocol, summary: dict, target: str, out: Path,
@@ -692,7 +679,10 @@ def _fit(train_set: SampleSet, val_set: SampleSet, protocol: Protocol, summary: 
                            seconds, description)
         save_model(out, net.to("cpu"), info)
         if history:
-            plot_log(run_dir)
+            try:
+                plot_log(run_dir)
+            except ImportError:  # matplotlib is optional: the Slicer module plots log.json itself
+                pass
     if dist.world > 1:
         torch.distributed.barrier()
     val = best["loss"] if use_best else final.get("val_loss")

@@ -14,13 +14,14 @@ from scipy.ndimage import gaussian_filter
 
 from MRHNetLib.network.checkpoint import load_checkpoint
 from MRHNetLib.cli import main as cli_main
-from MRHNetLib.errors import MRHNetError
+from MRHNetLib.errors import Cancelled, MRHNetError
 from MRHNetLib.data.io import Gradients, Volume
 from MRHNetLib.network.model import MRHNet, init_weights
 from MRHNetLib.network.modelfile import ModelInfo, load_model, read_info, save_model
 from MRHNetLib.data.protocol import fibonacci_directions
 from MRHNetLib.data.subject import DWI, Subject
-from MRHNetLib.network.train import TrainConfig, build_training, finetune, read_log, train
+from MRHNetLib.network.train import (TrainConfig, build_training, finetune, new_run_dir, read_log, remove_run_dir,
+                                    train)
 
 ROOT = Path(__file__).resolve().parents[2]
 # one thread: on a shared 2-core machine OpenMP spinning makes 2 threads far slower for these tiny nets
@@ -210,6 +211,72 @@ def test_train_refuses_missing_target_and_unknown_options(tmp_path):
     with pytest.raises(MRHNetError, match="unknown training option"):
         TrainConfig.from_dict({"epochz": 3})
     assert not list(tmp_path.iterdir())
+
+
+def test_finetune_and_train_start_from_their_commands_config(tmp_path, monkeypatch):
+    import MRHNetLib.network.train as engine
+
+    seen = {}
+    monkeypatch.setattr(engine, "_run", lambda subjects, target, out, config, *a: seen.setdefault(target, config))
+    base = save_model(tmp_path / "base.mrhnet", MRHNet(11, depth=2, width=8),
+                      ModelInfo(tiny_subject(0).protocol(), 2, "af", width=8))
+    finetune(base, [tiny_subject(0)], "nf", tmp_path / "nf.mrhnet")
+    train([tiny_subject(0)], "af", tmp_path / "af.mrhnet")
+    assert seen["nf"].lr == 1e-4 and (seen["nf"].depth, seen["nf"].width) == (2, 8)
+    assert seen["af"].lr == 0.1 and seen["af"] == TrainConfig()
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_train_never_writes_over_a_users_folder(tmp_path, capsys):
+    subject = tiny_subject(4)
+    folder = subject.save(tmp_path / "subj")
+    base = save_model(tmp_path / "base.mrhnet", MRHNet(11, depth=1, width=8),
+                      ModelInfo(subject.protocol(), 1, "af", width=8))
+    for out in (tmp_path / "mine", tmp_path / "mine.mrhnet"):
+        (out / "sub").mkdir(parents=True)
+        (out / "notes.txt").write_text("notes")
+        (out / "sub" / "data.txt").write_text("data")
+    before = _tree(tmp_path)
+    opts = ["--target", "af", "--depth", "1", "--epochs", "1", "--threads", "1", "--stride0", "2"]
+    for out, message in ((tmp_path / "mine", "must end in .mrhnet (for example"),
+                         (tmp_path / "mine.mrhnet", "mine.mrhnet: holds other files than a model")):
+        assert cli_main(["train", str(folder), "--out", str(out), *opts]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+        assert cli_main(["finetune", str(base), str(folder), "--out", str(out), "--target", "nf"]) == 2
+        assert message in capsys.readouterr().err
+        # the engine refuses before any work (no progress reported)
+        calls = []
+        with pytest.raises(MRHNetError, match="must end in|holds other files"):
+            train([subject], "af", out, fast(epochs=1), progress=lambda f, m: calls.append(f))
+        assert calls == []
+    assert _tree(tmp_path) == before and not (tmp_path / "mine.run").exists()
+
+
+def test_run_dir_is_removed_when_asked_leaving_other_files(tmp_path):
+    subject = tiny_subject(0)
+    config = fast(epochs=2, val_samples=20)
+    run = new_run_dir()
+    assert run.name.startswith("mrhnet-train-") and run.is_dir()
+    out = train([subject], "af", tmp_path / "a.mrhnet", config, run_dir=run, keep_run_dir=False)
+    assert load_model(out).info.depth == 1 and not run.exists()
+    # cancelled in the second epoch, with a checkpoint and a log written: removed as well
+    with pytest.raises(Cancelled):
+        train([subject], "af", tmp_path / "b.mrhnet", config, run_dir=tmp_path / "b.run", keep_run_dir=False,
+              progress=lambda fraction, message: fraction < 0.75)
+    assert not (tmp_path / "b.run").exists() and not (tmp_path / "b.mrhnet").exists()
+    # a run folder holding a user's files keeps them; only what training wrote goes
+    mine = tmp_path / "mine"
+    (mine / "checkpoint").mkdir(parents=True)
+    (mine / "notes.txt").write_text("notes")
+    (mine / "checkpoint" / "keep.bin").write_bytes(b"1")
+    train([subject], "af", tmp_path / "c.mrhnet", config, run_dir=mine)
+    assert {"log.json", "log.csv", "curve.png"} <= {p.name for p in mine.iterdir()}
+    remove_run_dir(mine)
+    assert _tree(mine) == {"notes.txt": b"notes", "checkpoint/keep.bin": b"1"}
 
 
 def _free_port() -> int:
