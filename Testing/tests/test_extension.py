@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import py_compile
 import re
+import shutil
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -128,9 +132,7 @@ def test_module_cmakelists_lists_existing_files_and_packages_the_engine():
         assert (MODULE / f).is_file(), f"{f} listed in MRHNet/CMakeLists.txt does not exist"
     assert "slicerMacroBuildScriptedModule(" in text and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
     # the engine package and its shipped data are gathered relative to the repository root
-    globs = re.findall(r"\$\{MRHNET_SOURCE_ROOT\}/([\w/]+)/\*(\.py)?", text)
-    patterns = {(d, e) for d, e in globs}
-    assert ("MRHNetLib", ".py") in patterns and ("Resources/anatomy", "") in patterns
+    assert "${MRHNET_SOURCE_ROOT}/MRHNetLib/*.py" in text and "${MRHNET_SOURCE_ROOT}/Resources/${folder}/*" in text
     engine = [p for p in (ROOT / "MRHNetLib").rglob("*.py") if "__pycache__" not in p.parts]
     assert (ROOT / "MRHNetLib" / "gui" / "scene.py") in engine and (ROOT / "MRHNetLib" / "network" / "infer.py") in engine
     assert (MODULE / "Testing" / "CMakeLists.txt").is_file() and (MODULE / "Testing" / "Python" / "CMakeLists.txt").is_file()
@@ -173,3 +175,84 @@ def test_icon_and_requirements():
     declared = " ".join(__import__("tomllib").loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
     for req in reqs:
         assert req in declared, f"{req} is not an engine dependency"
+
+
+def engine_resource_folders() -> set[str]:
+    """The Resources/ sub-folders the engine's code asks for: ``resource("x", ...)``, ``resources_dir() / "x"``."""
+    used = set()
+    for path in (ROOT / "MRHNetLib").rglob("*.py"):
+        text = path.read_text()
+        used |= set(re.findall(r"\bresource\(\s*[\"'](\w+)[\"']", text))
+        used |= set(re.findall(r"resources_dir\(\)\s*/\s*[\"'](\w+)[\"']", text))
+    return used
+
+
+def test_cmake_installs_every_resource_folder_the_engine_reads():
+    from MRHNetLib.resources import RUNTIME_FOLDERS
+
+    installed = cmake_list((MODULE / "CMakeLists.txt").read_text(), "MRHNET_RUNTIME_RESOURCES")
+    used = engine_resource_folders()
+    assert {"anatomy", "networks", "protocols"} <= used
+    assert used <= set(installed), f"the engine reads Resources/{sorted(used - set(installed))}, not installed by CMake"
+    assert set(installed) == set(RUNTIME_FOLDERS)
+    for folder in installed:
+        assert any(p.is_file() for p in (ROOT / "Resources" / folder).rglob("*")), folder
+
+
+STUB_SLICER = """cmake_minimum_required(VERSION 3.16)
+project(MRHNetInstallCheck NONE)
+enable_testing()
+set(BUILD_TESTING ON)
+set(Slicer_QTSCRIPTEDMODULES_LIB_DIR lib/Slicer-5.10/qt-scripted-modules)
+set(Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR lib/Slicer-5.10/qt-scripted-modules)
+macro(slicerMacroBuildScriptedModule)  # as Slicer's: scripts and resources installed beside the module
+  cmake_parse_arguments(MY "WITH_GENERIC_TESTS" "NAME" "SCRIPTS;RESOURCES" ${ARGN})
+  foreach(f IN LISTS MY_SCRIPTS MY_RESOURCES)
+    get_filename_component(d ${f} DIRECTORY)
+    install(FILES ${CMAKE_CURRENT_SOURCE_DIR}/${f} DESTINATION ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}/${d})
+  endforeach()
+endmacro()
+macro(slicer_add_python_unittest)  # as Slicer's: the test is named py_<script name>
+  cmake_parse_arguments(MY "" "SCRIPT" "" ${ARGN})
+  get_filename_component(test_name ${MY_SCRIPT} NAME_WE)
+  add_test(NAME py_${test_name} COMMAND ${CMAKE_COMMAND} -E echo ${test_name})
+endmacro()
+add_subdirectory(${MRHNET_MODULE_DIR} MRHNet)
+"""
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake not installed")
+def test_cmake_install_tree_runs_the_engine(tmp_path):
+    """MRHNet/CMakeLists.txt built and installed with Slicer's macros stubbed: the install tree holds the
+    module, MRHNetLib and every runtime Resources folder; the engine run from it finds its data and the
+    module's requirements there; the registered self-test carries the index-build switch."""
+    (tmp_path / "CMakeLists.txt").write_text(STUB_SLICER)
+    build, prefix = tmp_path / "build", tmp_path / "install"
+    run = lambda *cmd: subprocess.run(cmd, cwd=tmp_path, check=True, capture_output=True, text=True, timeout=120)
+    run("cmake", "-S", str(tmp_path), "-B", str(build), f"-DMRHNET_MODULE_DIR={MODULE}")
+    run("cmake", "--build", str(build))
+    run("cmake", "--install", str(build), "--prefix", str(prefix))
+    tree = prefix / "lib" / "Slicer-5.10" / "qt-scripted-modules"
+    from MRHNetLib.resources import RUNTIME_FOLDERS
+
+    assert (tree / "MRHNet.py").is_file() and (tree / "Resources" / "requirements.txt").is_file()
+    engine = {p.relative_to(ROOT).as_posix() for p in (ROOT / "MRHNetLib").rglob("*.py") if "__pycache__" not in p.parts}
+    assert engine <= {p.relative_to(tree).as_posix() for p in (tree / "MRHNetLib").rglob("*.py")}
+    for folder in RUNTIME_FOLDERS:
+        shipped = {p.relative_to(ROOT).as_posix() for p in (ROOT / "Resources" / folder).rglob("*")
+                   if p.is_file() and "__pycache__" not in p.parts}
+        assert shipped and shipped <= {p.relative_to(tree).as_posix() for p in (tree / "Resources" / folder).rglob("*")}
+    assert (tree / "Resources" / "protocols" / "original.json").is_file()
+    env = {k: v for k, v in os.environ.items() if k != "MRHNET_RESOURCES"}
+    env["PYTHONPATH"] = str(tree)  # as the module's ensureLibraryPath does inside Slicer
+    probe = subprocess.run(
+        [sys.executable, "-c", "import MRHNetLib, MRHNetLib.resources as r, MRHNetLib.gui.install as i; "
+         "from MRHNetLib.network.catalog import resolve; "
+         "print(MRHNetLib.__file__, r.resources_dir(), i.requirements_file(), resolve('af-original-4blocks'), "
+         "r.resource('protocols', 'original_method_files'), sep='\\n')"],
+        cwd=tmp_path, env=env, check=True, capture_output=True, text=True, timeout=60).stdout.split()
+    assert all(Path(p).resolve().is_relative_to(tree.resolve()) for p in probe), probe
+    tests = json.loads(run("ctest", "--show-only=json-v1", "--test-dir", str(build)).stdout)["tests"]
+    selftest = next(t for t in tests if t["name"] == "py_MRHNet")
+    env_props = [p["value"] for p in selftest.get("properties", []) if p["name"] == "ENVIRONMENT"]
+    assert env_props and "MRHNET_SELFTEST_ENGINE=if-installed" in env_props[0]
