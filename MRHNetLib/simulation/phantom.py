@@ -38,6 +38,7 @@ from ..errors import MRHNetError, as_progress
 from ..data.io import Gradients, Volume, rotation_of
 from ..data.protocol import DWI_ROLES, Protocol, default_protocol, plane_axes
 from ..data.subject import DWI, Subject
+from .shift import MISREGISTRATION_LENGTH_MM, STAIN_LENGTH_MM, Shift, displacement_field, stain_response, warp
 from .tissue import AXON_MAX, CELLS_MAX, MYELIN_MAX, PHYSICS, ExVivo7T, Tissue, dwi_signal, histology, \
     mt_signals, t2w_signal
 
@@ -257,9 +258,14 @@ def _tissue_from_maps(shape: tuple[int, int, int], spacing: np.ndarray, affine: 
                   f32(0.0025 * fields[3]), f32(np.clip(0.4 + 0.2 * fields[4], 0, 1)), f32(partial))
 
 
-def anatomy_tissue(brain: str, shape: tuple[int, int, int], progress=None) -> tuple[Tissue, np.ndarray]:
+def _hidden_key(brain: str, hidden: int) -> str:
+    """Seed key of a brain's hidden random tissue fields: its name, or a redraw number ``hidden`` > 0."""
+    return brain if not hidden else f"{brain}~hidden{int(hidden)}"
+
+
+def anatomy_tissue(brain: str, shape: tuple[int, int, int], progress=None, hidden: int = 0) -> tuple[Tissue, np.ndarray]:
     """Tissue of a real-anatomy brain (``C1``, ``R2``, ``C1-d1``, ...) on a grid of ``shape`` covering
-    the anatomy's field of view; returns (tissue, affine)."""
+    the anatomy's field of view; returns (tissue, affine). ``hidden`` > 0 redraws the random tissue fields."""
     progress = as_progress(progress)
     source, deform = parse_brain(brain)
     _, src_affine = _load_anatomy(SOURCES[source])
@@ -290,13 +296,13 @@ def anatomy_tissue(brain: str, shape: tuple[int, int, int], progress=None) -> tu
     progress.update(0.9, "fibre orientation")
     flat = lambda x: np.clip(x.reshape(-1)[index], 0, 1)  # noqa: E731
     tissue = _tissue_from_maps(shape, spacing, affine, flat(pv), flat(nf), flat(af), flat(nissl), direction,
-                               coherence, index, brain)
+                               coherence, index, _hidden_key(brain, hidden))
     progress.update(1.0, "tissue")
     return tissue, affine
 
 
 def procedural_tissue(brain: str, shape: tuple[int, int, int] = SIZES["small"],
-                      voxel_mm: float = SMALL_VOXEL_MM) -> tuple[Tissue, np.ndarray]:
+                      voxel_mm: float = SMALL_VOXEL_MM, hidden: int = 0) -> tuple[Tissue, np.ndarray]:
     """A synthetic brain (no anatomy files): an ellipsoid with a cortex-like grey-matter shell, a
     callosum-like arch running left-right, two longitudinal tracts, two ventricles and deep grey matter,
     its geometry jittered by the brain's name. Returns (tissue, affine)."""
@@ -336,7 +342,7 @@ def procedural_tissue(brain: str, shape: tuple[int, int, int] = SIZES["small"],
     d = direction.reshape(-1, 3)[index]
     # the procedural geometry is in voxel axes; express it like the structure tensor does
     tissue = _tissue_from_maps(tuple(shape), spacing, affine, flat(pv), flat(nf), flat(af), flat(nissl),
-                               d.astype(np.float32), flat(coherence), index, brain)
+                               d.astype(np.float32), flat(coherence), index, _hidden_key(brain, hidden))
     return tissue, affine
 
 
@@ -383,7 +389,7 @@ def fitted_fa(dwi: DWI, mask: np.ndarray) -> np.ndarray:
 
 def simulate_subject(brain: str = "C1", seed: int = 0, size: str | tuple[int, int, int] = "small",
                      protocol: Protocol | None = None, noise: float = DEFAULT_NOISE, bias: float = 0.1,
-                     physics: ExVivo7T = PHYSICS, progress=None) -> Subject:
+                     physics: ExVivo7T = PHYSICS, shift: Shift | None = None, progress=None) -> Subject:
     """Simulate one ex vivo mouse brain: t2w, mt_on, mt_off, dwi_b2000, dwi_b5000, fa, mask, af, nf, mbp.
 
     ``brain``: ``C1`` or ``R2`` (the two real anatomy sources), optionally ``-dN`` for a smooth random
@@ -392,7 +398,14 @@ def simulate_subject(brain: str = "C1", seed: int = 0, size: str | tuple[int, in
     a shape (X, Y, Z) over the anatomy's field of view. ``protocol``: b-values and RAS directions of the
     DWI shells (default :func:`~MRHNetLib.data.protocol.default_protocol`, 67 channels). ``noise``: Rician
     sigma as a fraction of each acquisition's median unweighted brain signal (default 1/40, SNR 40;
-    0 for none). ``bias``: strength of the smooth receive-coil profile (0 for none)."""
+    0 for none). ``bias``: strength of the smooth receive-coil profile (0 for none). ``shift``: a
+    test-time :class:`~MRHNetLib.simulation.shift.Shift` (physics constants, SNR and bias replacing
+    ``noise`` and ``bias``, hidden factors, misregistration and staining of the truth maps)."""
+    if shift is not None:
+        physics = shift.apply(physics)
+        noise = noise if shift.snr is None else 1.0 / shift.snr
+        bias = bias if shift.bias is None else shift.bias
+    hidden = shift.hidden if shift is not None else 0
     if noise < 0 or bias < 0:
         raise MRHNetError(f"noise ({noise}) and bias ({bias}) must not be negative")
     progress = as_progress(progress)
@@ -400,12 +413,13 @@ def simulate_subject(brain: str = "C1", seed: int = 0, size: str | tuple[int, in
     shells = _shells(protocol)
     if kind == "small":
         parse_brain(brain)
-        tissue, affine = procedural_tissue(brain, shape)
+        tissue, affine = procedural_tissue(brain, shape, hidden=hidden)
     else:
-        tissue, affine = anatomy_tissue(brain, shape, progress.sub(0.0, 0.3))
+        tissue, affine = anatomy_tissue(brain, shape, progress.sub(0.0, 0.3), hidden=hidden)
     spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     noise_rng = _rng("noise", brain, int(seed))
-    coil = np.exp(bias * smooth_field(shape, spacing, 3.0, _rng("coil", brain, int(seed))).reshape(-1)[tissue.index])
+    coil_rng = _rng("coil", brain, int(seed)) if not hidden else _rng("coil", brain, int(seed), int(hidden))
+    coil = np.exp(bias * smooth_field(shape, spacing, 3.0, coil_rng).reshape(-1)[tissue.index])
     mask = tissue.to_volume(tissue.partial >= 0.5) > 0
     if not mask.any():
         raise MRHNetError(f"simulated brain {brain}: the brain mask is empty at size {shape}")
@@ -439,9 +453,24 @@ def simulate_subject(brain: str = "C1", seed: int = 0, size: str | tuple[int, in
     subject.images["fa"] = vol(fitted_fa(subject.dwi[fa_role], mask), "fa")
     subject.images["mask"] = vol(mask.astype(np.float32), "mask")
     for role, values in histology(tissue).items():
-        subject.images[role] = vol(tissue.to_volume(values) * mask, role)
+        truth = tissue.to_volume(values)
+        if shift is not None and shift.histology:
+            truth = imperfect_histology(truth, spacing, shift, _rng("histology", brain, int(shift.seed), role))
+        subject.images[role] = vol(truth * mask, role)
     progress.update(1.0, f"simulated {brain}")
     return subject
+
+
+def imperfect_histology(truth: np.ndarray, spacing: np.ndarray, shift: Shift, rng: np.random.Generator) -> np.ndarray:
+    """A truth map as real histology would give it against the MRI: displaced by a smooth misregistration
+    (RMS ``shift.misregistration_mm``), then stained with a smooth gain field and response exponent."""
+    shape = truth.shape
+    if shift.misregistration_mm > 0:
+        u = displacement_field([smooth_field(shape, spacing, MISREGISTRATION_LENGTH_MM, rng) for _ in range(3)],
+                               shift.misregistration_mm)
+        truth = warp(truth, u, spacing)
+    gain = shift.stain_gain * smooth_field(shape, spacing, STAIN_LENGTH_MM, rng) if shift.stain_gain > 0 else 0.0
+    return stain_response(truth, gain, shift.stain_gamma)
 
 
 def tissue_maps(brain: str = "C1", size: str | tuple[int, int, int] = "small") -> dict[str, np.ndarray]:
@@ -455,10 +484,12 @@ def tissue_maps(brain: str = "C1", size: str | tuple[int, int, int] = "small") -
 
 def write_phantoms(outdir: str | Path, brains: tuple[str, ...] | list[str] = ("C1", "R2"),
                    size: str | tuple[int, int, int] = "medium", seed: int = 0, protocol: Protocol | None = None,
-                   noise: float = DEFAULT_NOISE, overwrite: bool = False, progress=None) -> list[Path]:
+                   noise: float = DEFAULT_NOISE, overwrite: bool = False, shift: Shift | None = None,
+                   progress=None) -> list[Path]:
     """Simulate ``brains`` and write one subject folder each (``OUTDIR/<brain>/``, see
     :mod:`MRHNetLib.data.subject`) plus ``phantom.json`` recording how it was made. Refuses (before writing
-    anything) folders that already hold files unless ``overwrite``."""
+    anything) folders that already hold files unless ``overwrite``. ``shift`` applies a test-time shift
+    (:mod:`MRHNetLib.simulation.shift`) to every brain and is recorded in ``phantom.json``."""
     outdir = Path(outdir)
     progress = as_progress(progress)
     brains = list(brains)
@@ -479,11 +510,13 @@ def write_phantoms(outdir: str | Path, brains: tuple[str, ...] | list[str] = ("C
     n = len(brains)
     for i, brain in enumerate(brains):
         sub = progress.sub(i / n, (i + 0.9) / n)
-        subject = simulate_subject(brain, seed=seed, size=size, protocol=protocol, noise=noise, progress=sub)
+        subject = simulate_subject(brain, seed=seed, size=size, protocol=protocol, noise=noise, shift=shift,
+                                   progress=sub)
         folder = subject.save(outdir / brain)
         info = {"brain": brain, "seed": int(seed), "size": size if isinstance(size, str) else list(size),
                 "shape": list(subject.shape), "voxel_mm": [round(float(s), 6) for s in subject.reference.spacing],
-                "noise": noise, "generator": "MRHNetLib.simulation.phantom.simulate_subject",
+                "noise": noise if shift is None or shift.snr is None else 1.0 / shift.snr,
+                "shift": shift.to_dict() if shift is not None else None, "generator": "MRHNetLib.simulation.phantom.simulate_subject",
                 "anatomy": "Resources/anatomy (MRH-Net, Liang et al. eLife 2022, MIT)"}
         (folder / "phantom.json").write_text(json.dumps(info, indent=1) + "\n")
         written.append(folder)
