@@ -74,7 +74,8 @@ def run_predict(spec: dict[str, Any], emit: Emit) -> dict[str, Any]:
 
 def run_train(spec: dict[str, Any], emit: Emit) -> dict[str, Any]:
     from ..data.subject import load_subject
-    from ..network.train import config_for, finetune, read_log, train
+    from ..network.config import config_for
+    from ..network.train import finetune, read_log, train
 
     subject = load_subject(spec["subject"], name=spec.get("name"))
     base = spec.get("base_model")
@@ -95,9 +96,11 @@ def run_train(spec: dict[str, Any], emit: Emit) -> dict[str, Any]:
         shown = len(history)
 
     if base:
-        path = finetune(base, [subject], spec["target"], spec["out"], config, progress=progress, run_dir=run_dir)
+        path = finetune(base, [subject], spec["target"], spec["out"], config, progress=progress, run_dir=run_dir,
+                        keep_run_dir=True)
     else:
-        path = train([subject], spec["target"], spec["out"], config, progress=progress, run_dir=run_dir)
+        path = train([subject], spec["target"], spec["out"], config, progress=progress, run_dir=run_dir,
+                     keep_run_dir=True)  # the log is read after the last epoch; the job's folder goes anyway
     progress(1.0, "saved")
     return {"model": str(path)}
 

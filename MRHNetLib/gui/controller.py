@@ -85,6 +85,7 @@ class Controller:
     def __init__(self, scene, *, workroot: str | os.PathLike | None = None, python: list[str] | None = None):
         self.scene, self.workroot, self.python = scene, workroot, python
         self.task: _Task | None = None
+        self.last: str | None = None  # the kind of the job that ended last
         self.outputs: dict[str, Any] = {}
         self.plot: sc.LossPlot | None = None
         self._checks: dict[tuple, list[str]] = {}
@@ -120,6 +121,18 @@ class Controller:
             lines += [f"{name}: {info.target.upper()}, depth {info.depth}. {info.description}",
                       info.protocol.describe(), f"  trained: {info.training.get('summary', 'n/a')}", ""]
         return "\n".join(lines), problems
+
+    def summary(self, inputs: Inputs | Any, models: list[str]) -> tuple[str, list[str]]:
+        """What a panel shows: the models' description and every problem (reading them, or the inputs'
+        check against them) as one line each; never raises."""
+        from ..errors import error_message
+
+        try:
+            text, problems = self.describe(models)
+            has_inputs = inputs.chosen() if isinstance(inputs, Inputs) else inputs is not None
+            return text, problems or (self.check(inputs, models) if has_inputs and models else [])
+        except Exception as exc:  # noqa: BLE001 - shown in the panel, never as a traceback
+            return "", [error_message(exc)]
 
     def check(self, inputs: Inputs | Any, models: list[str]) -> list[str]:
         """The engine's one-line problem for every model the inputs do not fit (empty: all fit). Node
@@ -188,9 +201,10 @@ class Controller:
         the loss curve fills :attr:`plot` epoch by epoch; the model is written to ``out`` (``NAME.mrhnet``)."""
         if target is None:
             raise MRHNetError("choose the histology (target) volume to train on")
+        from ..network.modelfile import check_model_path
+
         out = Path(out)
-        if out.suffix != ".mrhnet":
-            raise MRHNetError(f"{out}: a model is saved as a folder named NAME.mrhnet")
+        check_model_path(out)  # NAME.mrhnet, and never a folder holding anything but an earlier model
         work = self._workdir()
         prepare = sc.write_subject_steps(work / "subject", inputs.chosen(), inputs.gradients, inputs.mask,
                                          targets={stain: target})
@@ -258,8 +272,9 @@ class Controller:
         return True
 
     def wait(self, timeout: float | None = None, on_event: Callable[[Event], Any] | None = None,
-             interval: float = 0.02) -> Any:
-        """Poll until the current job ends (console use); its result, or the engine's error raised."""
+             interval: float = 0.02, tick: Callable[[], Any] | None = None) -> Any:
+        """Poll until the current job ends (console use); its result, or the engine's error raised.
+        ``tick`` runs between polls (inside Slicer: ``slicer.app.processEvents`` keeps the GUI alive)."""
         import time
 
         start, final = time.monotonic(), None
@@ -272,6 +287,8 @@ class Controller:
             if timeout is not None and time.monotonic() - start > timeout and self.task is not None:
                 self.cancel()
                 raise MRHNetError(f"the job did not finish within {timeout:g} s")
+            if tick is not None:
+                tick()
             if self.task is not None:
                 time.sleep(interval)
         if final is None or final.kind == "cancelled":
@@ -279,6 +296,14 @@ class Controller:
         if final.kind == "failed":
             raise MRHNetError(final.message)
         return final.payload
+
+    def result_text(self, result: Any) -> str:
+        """One status line for the result of the job that ended last."""
+        if self.last == "train":
+            return f"model saved: {result}"
+        if self.last == "sample":
+            return "sample brain loaded"
+        return "done: " + ", ".join(node.GetName() for node in (result or {}).values())
 
     # --- internals ---------------------------------------------------------------------------
     def _workdir(self) -> Path:
@@ -301,7 +326,7 @@ class Controller:
                 events.append(Event("progress", 1.0, "reading results"))
                 break
             if event.kind in ("failed", "cancelled"):
-                self.task = None
+                self.task, self.last = None, task.kind
                 shutil.rmtree(task.workdir, ignore_errors=True)
                 events.append(Event(event.kind, event.fraction, event.message, task.job.details))
                 break
@@ -311,6 +336,7 @@ class Controller:
     def _end(self, event: Event) -> Event:
         task, self.task = self.task, None
         if task is not None:
+            self.last = task.kind
             if task.job is not None and not task.job.finished:
                 task.job.cancel()
             shutil.rmtree(task.workdir, ignore_errors=True)

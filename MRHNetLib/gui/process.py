@@ -183,7 +183,9 @@ class ChildJob:
             return Event("progress", self.fraction, self.message)
         if kind == "epoch":
             row = {k: v for k, v in record.items() if k != "event"}
-            return Event("data", self.fraction, f"epoch {row.get('epoch')}", row)
+            loss = row.get("train_loss")
+            text = f"training: epoch {row.get('epoch')}" + (f", loss {loss:.4g}" if isinstance(loss, float) else "")
+            return Event("data", self.fraction, text, row)
         if kind == "done":
             return self._finish(DONE, "done", payload=record.get("outputs") or {})
         if kind == "failed":

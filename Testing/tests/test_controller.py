@@ -186,8 +186,15 @@ def test_training_through_the_controller_with_its_loss_curve(scene, phantom, tmp
     options = dict(depth=0, width=8, epochs=3, batch_size=64, val_samples=10, lr=0.01, device="cpu")
     with pytest.raises(MRHNetError, match="histology"):
         controller.train(inputs, None, "af", tmp_path / "x.mrhnet", options=options)
-    with pytest.raises(MRHNetError, match="NAME.mrhnet"):
+    with pytest.raises(MRHNetError, match=r"must end in \.mrhnet"):
         controller.train(inputs, nodes["af"], "af", tmp_path / "folder", options=options)
+    users = tmp_path / "mine.mrhnet"  # a folder of the user's that happens to end in .mrhnet
+    (users / "sub").mkdir(parents=True)
+    (users / "notes.txt").write_text("mine")
+    (users / "sub" / "data.txt").write_text("mine too")
+    with pytest.raises(MRHNetError, match="notes.txt"):
+        controller.train(inputs, nodes["af"], "af", users, options=options)
+    assert (users / "notes.txt").read_text() == "mine" and (users / "sub" / "data.txt").read_text() == "mine too"
     controller.train(inputs, nodes["af"], "af", tmp_path / "af.mrhnet", options=options)
     with pytest.raises(MRHNetError, match="training is in progress"):  # one job at a time
         controller.predict(inputs, ["af"], device="cpu")
@@ -229,3 +236,40 @@ def test_a_failing_job_reports_one_line_and_cleans_up(scene, phantom, tmp_path):
     with pytest.raises(MRHNetError, match="zero.*all zeros"):
         controller.wait(timeout=60)
     assert sc.scene_signature(scene) == before and list((tmp_path / "work").iterdir()) == []
+
+
+def test_the_slicer_panel_parameters_become_controller_requests(scene, phantom, tmp_path):
+    """The module's parameter node as the panel functions read it: a fine-tune started from the panel runs
+    at the fine-tune default (1e-4), not at a panel literal; the sample file and the T2w guess."""
+    from types import SimpleNamespace
+
+    from MRHNetLib.gui import panel
+    from MRHNetLib.network.config import config_for, gui_defaults
+
+    nodes, _ = _nodes(scene, phantom)
+    p = SimpleNamespace(t2w=None, mtOn=None, mtOff=None, dwiB2000=None, dwiB5000=None, fa=None, mask=None,
+                        dwiB2000Gradients="", dwiB5000Gradients="", useAF=True, useNF=False, useMBP=True,
+                        originalModel="af-original-4blocks", extraModels="a.mrhnet;;b.mrhnet", device="cpu",
+                        trainTarget=None, trainStain="nf", depth=gui_defaults("train")["depth"], epochs=4,
+                        learningRate=0.0, fineTuneFrom="af", fineTuneFile="", modelOutput=str(tmp_path / "n.mrhnet"))
+    panel.select(p, nodes)
+    assert p.t2w is nodes["t2w"] and p.dwiB5000 is nodes["dwi_b5000"] and p.trainTarget is nodes["nf"]
+    assert panel.models(p) == ["af", "mbp", "af-original-4blocks", "a.mrhnet", "b.mrhnet"]
+    assert set(panel.inputs(p).chosen()) == {"t2w", "mt_on", "mt_off", "dwi_b2000", "dwi_b5000", "fa"}
+    request = panel.training(p)
+    assert request["base_model"] == "af" and "lr" not in request["options"] and "depth" not in request["options"]
+    assert config_for("finetune", **request["options"]).lr == 1e-4
+    p.fineTuneFrom, p.learningRate = "", 0.02
+    request = panel.training(p)
+    assert config_for("train", **request["options"]).lr == 0.02 and request["options"]["depth"] == p.depth
+    assert panel.default_t2w(scene) is nodes["t2w"]
+    sample = tmp_path / "x.mrhsample"
+    sample.write_text('{"size": "small", "seed": 3}')
+    assert panel.sample_options(str(sample)) == {"size": "small", "seed": 3}
+    sample.write_text('{"size": "huge"}')
+    with pytest.raises(MRHNetError, match="unknown size"):
+        panel.sample_options(str(sample))
+    shipped = panel.sample_source(str(__import__("pathlib").Path(panel.__file__).resolve().parents[2] / "MRHNet" /
+                                      "Resources"), "MRHNet phantom brain", "MRHNetSampleBrain")
+    assert shipped["uris"][0].startswith("file://")
+    assert panel.sample_options(shipped["uris"][0][len("file://"):]) == {"size": "medium", "seed": 0}
