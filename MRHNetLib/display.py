@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .data.io import Volume
+from .files import atomic_output
 
 DEFAULT_OPACITY = 0.6
 
@@ -96,7 +97,7 @@ def overlay_figure(background: Volume, maps: dict[str, Volume], out: str | os.Pa
         ax.axis("off")
     fig.tight_layout()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    with atomic_output(out) as tmp:
+        fig.savefig(tmp, dpi=110, format=out.suffix.lstrip(".").lower() or "png")
     plt.close(fig)
     return out

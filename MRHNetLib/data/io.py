@@ -11,7 +11,6 @@ Gradient directions inside the engine are unit vectors in RAS world coordinates 
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MRHNetError
+from ..files import atomic_output, atomic_write_text
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ANALYZE_SUFFIXES = (".hdr", ".img")
@@ -170,60 +170,62 @@ def read_volume(path: str | os.PathLike, allow_4d: bool = True) -> Volume:
     return Volume(_clean(data, path), affine, path.name)
 
 
-def _atomic_target(path: Path, suffix: str) -> tuple[Path, Path]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + path.name.split(".")[0] + "-", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    return path, Path(tmp)
+def _write_nibabel(img, files: dict[str, Path], compress: bool) -> None:
+    """Write a nibabel image into the given (temporary) files, keys as in ``img.make_file_map()``
+    (``image``; ``header`` for a pair), through file objects: the names carry no image suffix."""
+    import gzip
+    from contextlib import ExitStack
+
+    from nibabel.fileholders import FileHolder
+
+    with ExitStack() as stack:
+        holders = {}
+        for key, p in files.items():
+            f = stack.enter_context(open(p, "wb"))
+            if compress:  # level 1 as nibabel's own .gz writer; no file name or time in the gzip header
+                f = stack.enter_context(gzip.GzipFile(filename="", mode="wb", fileobj=f, compresslevel=1, mtime=0))
+            holders[key] = FileHolder(fileobj=f)
+        img.to_file_map(holders)
 
 
 def write_volume(path: str | os.PathLike, volume: Volume, dtype=np.float32) -> Path:
-    """Write ``volume`` keeping its geometry; atomic (temporary file then rename). Returns the path."""
+    """Write ``volume`` keeping its geometry; atomic (:func:`MRHNetLib.files.atomic_output`). Returns the path."""
     path = Path(path)
     suffix = suffix_of(path)
+    if suffix not in NRRD_SUFFIXES + NIFTI_SUFFIXES + ANALYZE_SUFFIXES:
+        raise MRHNetError(f"{path}: unknown image format '{suffix}' (use .nii, .nii.gz, .hdr/.img, .nrrd or .nhdr)")
     data = np.asarray(volume.data).astype(dtype, copy=False)
     if suffix in NRRD_SUFFIXES:
         import SimpleITK as sitk
 
-        target, tmp = _atomic_target(path, ".nrrd")
         arr = np.transpose(data, (2, 1, 0, 3)) if data.ndim == 4 else np.transpose(data, (2, 1, 0))
         image = sitk.GetImageFromArray(np.ascontiguousarray(arr), isVector=data.ndim == 4)
         spacing, direction, origin = _affine_to_sitk(volume.affine)
         image.SetSpacing(spacing), image.SetDirection(direction), image.SetOrigin(origin)
-        try:
-            sitk.WriteImage(image, str(tmp), useCompression=True)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return target
+        with atomic_output(path) as tmp:
+            writer = sitk.ImageFileWriter()
+            writer.SetImageIO("NrrdImageIO")  # the temporary's name has no .nrrd suffix; always one attached file
+            writer.SetFileName(str(tmp))
+            writer.SetUseCompression(True)
+            writer.Execute(image)
+        return path
     import nibabel as nib
 
     if suffix in NIFTI_SUFFIXES:
         img = nib.Nifti1Image(data, volume.affine)
         img.set_qform(volume.affine, code=1)
         img.set_sform(volume.affine, code=1)
-        target, tmp = _atomic_target(path, suffix)
-        try:
-            nib.save(img, str(tmp))
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return target
-    if suffix in ANALYZE_SUFFIXES:
-        img = nib.AnalyzeImage(data, volume.affine)
-        if not np.allclose(img.header.get_best_affine(), volume.affine, atol=1e-4):
-            warnings.warn(f"{path}: Analyze 7.5 keeps only the voxel size; this image's orientation and "
-                          f"origin are not stored (write .nii.gz to keep them)", stacklevel=2)
-        hdr, tmp = _atomic_target(path.with_suffix(".hdr"), ".hdr")
-        try:
-            nib.save(img, str(tmp))
-            os.replace(tmp.with_suffix(".img"), hdr.with_suffix(".img"))
-            os.replace(tmp, hdr)
-        finally:
-            tmp.unlink(missing_ok=True)
-            tmp.with_suffix(".img").unlink(missing_ok=True)
-        return hdr
-    raise MRHNetError(f"{path}: unknown image format '{suffix}' (use .nii, .nii.gz, .hdr/.img, .nrrd or .nhdr)")
+        with atomic_output(path) as tmp:
+            _write_nibabel(img, {"image": tmp}, compress=suffix == ".nii.gz")
+        return path
+    img = nib.AnalyzeImage(data, volume.affine)
+    if not np.allclose(img.header.get_best_affine(), volume.affine, atol=1e-4):
+        warnings.warn(f"{path}: Analyze 7.5 keeps only the voxel size; this image's orientation and "
+                      f"origin are not stored (write .nii.gz to keep them)", stacklevel=2)
+    hdr = path.with_suffix(".hdr")
+    with atomic_output(hdr) as tmp_hdr, atomic_output(hdr.with_suffix(".img")) as tmp_img:
+        _write_nibabel(img, {"header": tmp_hdr, "image": tmp_img}, compress=False)
+    return hdr  # the .img is renamed into place first, then the .hdr
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,10 +296,7 @@ def write_fsl_gradients(stem: str | os.PathLike, gradients: Gradients, affine: n
     for suffix, text in ((".bval", " ".join(f"{b:g}" for b in gradients.bvals) + "\n"),
                          (".bvec", "\n".join(" ".join(f"{x:.6f}" for x in row)
                                              for row in world_to_fsl(gradients.bvecs, affine).T) + "\n")):
-        target, tmp = _atomic_target(Path(str(stem) + suffix), suffix)
-        tmp.write_text(text)
-        os.replace(tmp, target)
-        out.append(target)
+        out.append(atomic_write_text(Path(str(stem) + suffix), text))
     return out[0], out[1]
 
 
@@ -381,11 +380,7 @@ def write_dwi_nrrd(path: str | os.PathLike, volume: Volume, gradients: Gradients
     for n, (b, g) in enumerate(zip(gradients.bvals, lps)):
         scaled = g * np.sqrt(max(b, 0.0) / bmax) if bmax > 0 else g * 0
         header[f"DWMRI_gradient_{n:04d}"] = " ".join(f"{x:.8f}" for x in scaled)
-    target, tmp = _atomic_target(path, ".nrrd")
-    try:
+    with atomic_output(path) as tmp:  # attached header: pynrrd detaches only for a .nhdr name
         nrrd.write(str(tmp), np.ascontiguousarray(np.moveaxis(volume.data.astype(np.float32), 3, 0)), header,
                    custom_field_map={k: "string" for k in header if k.startswith("DWMRI") or k == "modality"})
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
+    return path

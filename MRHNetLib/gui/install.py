@@ -149,14 +149,15 @@ def installed_distributions() -> dict:
     return found
 
 
-def constraints(requirements: Optional[Iterable[str]] = None) -> List[str]:
+def constraints(requirements: Optional[Iterable[str]] = None, free: Iterable[str] = ()) -> List[str]:
     """pip constraint lines ``name==version`` pinning every installed distribution to its installed
     version (numpy, scipy, SimpleITK, ... and everything else), so that installing ``requirements``
     changes nothing already there. A requirement whose installed version does not satisfy it is left
     unpinned (it has to be upgraded; a restart is needed if it was imported), except the packages
-    Slicer provides, which stay pinned: pip then refuses instead of replacing Slicer's own."""
+    Slicer provides, which stay pinned: pip then refuses instead of replacing Slicer's own. ``free``:
+    names never pinned (torchvision when the PyTorch extension installs torch)."""
     reqs = [Requirement(r) for r in (read_requirements() if requirements is None else requirements)]
-    unsatisfied = {normalize(r.name) for r in reqs if not _satisfied(str(r))}
+    unsatisfied = {normalize(r.name) for r in reqs if not _satisfied(str(r))} | {normalize(n) for n in free}
     always = {normalize(Requirement(r).name) for r in SLICER_PROVIDED}
     pins = {}
     for key, (name, version) in installed_distributions().items():
@@ -176,11 +177,12 @@ def constraints(requirements: Optional[Iterable[str]] = None) -> List[str]:
     return [pins[k] for k in sorted(pins)]
 
 
-def write_constraints(path: os.PathLike, requirements: Optional[Iterable[str]] = None) -> Path:
+def write_constraints(path: os.PathLike, requirements: Optional[Iterable[str]] = None,
+                      free: Iterable[str] = ()) -> Path:
     """Write :func:`constraints` to ``path`` (a pip ``-c`` file); returns the path."""
     path = Path(path)
     lines = ["# installed distributions, pinned: installing the MRHNet requirements must not change them"]
-    path.write_text("\n".join(lines + constraints(requirements)) + "\n")
+    path.write_text("\n".join(lines + constraints(requirements, free)) + "\n")
     return path
 
 
@@ -256,8 +258,22 @@ def install_requirements(requirements: Optional[os.PathLike] = None, ask: bool =
             return result
         import PyTorchUtils
 
-        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
-            askConfirmation=True, torchVersionRequirement=torch_spec[len("torch"):])
+        # PyTorchUtils runs pip (through light-the-torch) for torch and torchvision; pip reads PIP_CONSTRAINT,
+        # so the same pins keep numpy & co. where Slicer has them while torch itself is free
+        result.restart_required = "torch" in sys.modules  # an imported torch is replaced: restart
+        previous = os.environ.get("PIP_CONSTRAINT")
+        with tempfile.TemporaryDirectory(prefix="mrhnet-pip-") as tmp:
+            pins = write_constraints(Path(tmp) / "constraints.txt", reqs + [torch_spec],
+                                     free=("torch", "torchvision", "torchaudio"))
+            os.environ["PIP_CONSTRAINT"] = str(pins)
+            try:
+                torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
+                    askConfirmation=ask, torchVersionRequirement=torch_spec[len("torch"):])
+            finally:
+                if previous is None:
+                    os.environ.pop("PIP_CONSTRAINT", None)
+                else:
+                    os.environ["PIP_CONSTRAINT"] = previous
         importlib.invalidate_caches()
         if torch is None or not _satisfied(torch_spec):
             raise InstallError(f"PyTorch ({torch_spec}) was not installed: install it with the PyTorch Utils "

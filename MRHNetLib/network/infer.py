@@ -315,25 +315,64 @@ def predict(subject, models: Sequence[LoadedModel | str | os.PathLike], *, devic
     return maps
 
 
-def write_maps(maps: dict[str, Volume], destination: str | os.PathLike | dict[str, str | os.PathLike], *,
-               suffix: str = ".nii.gz", protect: Sequence[str | os.PathLike] = ()) -> dict[str, Path]:
-    """Write each map atomically as ``<folder>/<key><suffix>`` (or to the path given per key).
+def map_keys(targets: Sequence[str]) -> list[str]:
+    """The maps :func:`predict` returns for models of these targets (in order): each target, and
+    ``<target>_std`` for a target given by several models (an ensemble)."""
+    keys = list(dict.fromkeys(targets))
+    return keys + [f"{t}_std" for t in keys if list(targets).count(t) > 1]
 
-    Refuses (before writing anything) to write over any path in ``protect`` (the input files)."""
+
+def output_paths(keys: Sequence[str], destination: str | os.PathLike | dict[str, str | os.PathLike], *,
+                 suffix: str = ".nii.gz", protect: Sequence[str | os.PathLike] = ()) -> dict[str, Path]:
+    """The file each map will be written to, checked before any work: ``<folder>/<key><suffix>`` (or the
+    path given per key). Raises :class:`MRHNetError` (one line naming the path) when an output could not be
+    written: a known image suffix, not an input file (``protect``), not a folder, in a folder that is one or
+    can be created and written."""
     if isinstance(destination, dict):
-        missing = [k for k in maps if k not in destination]
+        missing = [k for k in keys if k not in destination]
         if missing:
             raise MRHNetError(f"no output path given for map(s) {', '.join(missing)}")
-        paths = {k: Path(destination[k]) for k in maps}
+        paths = {k: Path(destination[k]) for k in keys}
     else:
         folder = Path(destination)
         if folder.exists() and not folder.is_dir():
-            raise MRHNetError(f"{folder}: output must be a folder")
-        paths = {k: folder / f"{k}{suffix}" for k in maps}
+            raise MRHNetError(f"{folder}: output must be a folder, and this is a file")
+        paths = {k: folder / f"{k}{suffix}" for k in keys}
     guarded = {Path(p).resolve() for p in protect}
-    for k, p in paths.items():
+    for p in paths.values():
         if p.resolve() in guarded:
             raise MRHNetError(f"{p}: is an input file; choose another output folder or suffix")
         if suffix_of(p) not in (".nii", ".nii.gz", ".nrrd", ".nhdr", ".hdr", ".img"):
             raise MRHNetError(f"{p}: unknown image format (use .nii.gz, .nii, .nrrd or .hdr)")
+        if p.is_dir():
+            raise MRHNetError(f"{p}: is a folder; an output map cannot replace it")
+        _check_writable_folder(p.parent)
+    return paths
+
+
+def _check_writable_folder(folder: Path) -> None:
+    """Refuse a folder that cannot be created or written (its nearest existing ancestor decides)."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        if existing.is_symlink():  # a dangling link
+            raise MRHNetError(f"{existing}: is a broken link; cannot create the output folder {folder}")
+        existing = existing.parent
+    if not existing.is_dir():
+        raise MRHNetError(f"{existing}: is a file, not a folder; cannot create the output folder {folder}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "output folder" if existing == folder else f"folder in which to create {folder}"
+        raise MRHNetError(f"{existing}: no permission to write to this {what}")
+
+
+def write_maps(maps: dict[str, Volume], destination: str | os.PathLike | dict[str, str | os.PathLike], *,
+               suffix: str = ".nii.gz", protect: Sequence[str | os.PathLike] = ()) -> dict[str, Path]:
+    """Write each map atomically as ``<folder>/<key><suffix>`` (or to the path given per key).
+
+    Everything is checked (:func:`output_paths`) before the first file is written; stale temporaries
+    that killed runs left in the output folders are removed."""
+    from ..files import remove_stale_temporaries
+
+    paths = output_paths(list(maps), destination, suffix=suffix, protect=protect)
+    for folder in {p.parent for p in paths.values()}:
+        remove_stale_temporaries(folder)
     return {k: write_volume(p, maps[k]) for k, p in paths.items()}

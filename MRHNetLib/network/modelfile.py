@@ -117,7 +117,7 @@ def save_model(path: str | os.PathLike, net: MRHNet, info: ModelInfo) -> Path:
     """Write ``path`` (a ``.mrhnet`` folder) atomically: built in a temporary folder beside it, then
     renamed into place. An existing folder is replaced only when it is an earlier model
     (:func:`check_model_path`); anything else is refused and left untouched."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = check_model_path(path)
     if net.in_channels != info.protocol.n_channels or net.depth != info.depth:
@@ -130,7 +130,7 @@ def save_model(path: str | os.PathLike, net: MRHNet, info: ModelInfo) -> Path:
         os.umask(mask)
         os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700; a model folder is meant to be shared
         state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        (tmp / WEIGHTS).write_bytes(save(state, metadata={"format": FORMAT}))  # save_file would make it 0600
         meta = info.to_dict()
         meta["weights_sha256"] = sha256_file(tmp / WEIGHTS)
         (tmp / META).write_text(json.dumps(meta, indent=1))

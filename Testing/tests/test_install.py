@@ -4,6 +4,7 @@ and install_requirements driven with stand-ins for slicer / PyTorchUtils. The ch
 registry (Slicer 5.10's numpy and scipy kept) is in test_slicer_requirements.py."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -124,6 +125,7 @@ def fake_slicer(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "slicer", fake)
     monkeypatch.delitem(sys.modules, "PyTorchUtils", raising=False)
     state = {"fake-dep": None, "torch": None}
+    monkeypatch.delenv("PIP_CONSTRAINT", raising=False)
     real = install.installed_version
 
     def installed_version(name):
@@ -152,11 +154,16 @@ def test_install_requirements_one_prompt_constraints_and_torch_from_the_extensio
     class Logic:
         def installTorch(self, askConfirmation, torchVersionRequirement):
             calls.append((askConfirmation, torchVersionRequirement))
+            # light-the-torch's pip reads PIP_CONSTRAINT: Slicer's packages pinned, torch & torchvision free
+            pinned_now = pins(Path(os.environ["PIP_CONSTRAINT"]))
+            assert pinned_now["numpy"] == metadata.version("numpy") and "torch" not in pinned_now
+            assert "torchvision" not in pinned_now
             state["torch"] = "2.5.1+cu121"
             return types.ModuleType("torch")
 
     monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=Logic))
     monkeypatch.setattr(install.importlib.util, "find_spec", lambda name, *a: object() if name == "PyTorchUtils" else None)
+    torch_imported = "torch" in sys.modules  # replacing an imported torch needs a restart
     result = install.install_requirements(req)
     assert len(fake.prompts) == 1 and "mrhnet-fake-dep>=1.0" in fake.prompts[0] and "PyTorch" in fake.prompts[0]
     assert fake.pip_calls == [["-r", str(req), "-c", fake.pip_calls[0][3]]]
@@ -164,8 +171,8 @@ def test_install_requirements_one_prompt_constraints_and_torch_from_the_extensio
               if "==" in line}
     assert pinned["numpy"] == metadata.version("numpy") and pinned["scipy"] == metadata.version("scipy")
     assert not any(c[0] == "torch" for c in (a for a in fake.pip_calls))  # torch never through pip
-    assert calls == [(True, ">=2.1")]
-    assert result.installed == ["mrhnet-fake-dep>=1.0", "torch>=2.1"] and not result.restart_required
+    assert calls == [(True, ">=2.1")] and "PIP_CONSTRAINT" not in os.environ
+    assert result.installed == ["mrhnet-fake-dep>=1.0", "torch>=2.1"] and result.restart_required == torch_imported
     fake.prompts.clear()
     assert install.install_requirements(req).installed == [] and fake.prompts == []  # nothing left to do
 
