@@ -10,6 +10,10 @@ import time
 from pathlib import Path
 
 HELD_OUT = "R2"  # the demo networks were trained on brain C1 and its deformations only
+# evaluation: the held-out brain gets a test-time shift (MRHNetLib.simulation.shift) drawn from this seed,
+# and the ridge / boosting baselines train on the shipped networks' training brains (noise seed 0)
+DEMO_SHIFT = 1
+BASELINE_BRAINS = ("C1", "C1-d1", "C1-d2")
 # --train: small networks trained in seconds (depth 3, --epochs, default 3); every other option is the
 # command's config default (MRHNetLib.network.config; fine-tuning at its learning rate 1e-4)
 DEMO_TRAINING = {"depth": 3, "epochs": 3}
@@ -19,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="simulated brain -> AF/NF/MBP maps -> evaluation report (no data needed)",
                        description="Simulates a held-out mouse brain from the shipped anatomy, runs the shipped "
                                    "demo networks (AF, NF, MBP), writes the maps, an overlay figure and an "
-                                   "evaluation report against the simulated truth and single MRI markers.")
+                                   "evaluation report against the simulated truth, single MRI markers and ridge / "
+                                   "gradient-boosting baselines trained on simulated brains.")
     p.add_argument("--out", "-o", default="mrhnet-demo", metavar="DIR", help="output folder (default mrhnet-demo)")
     p.add_argument("--brain", default=HELD_OUT, help=f"simulated brain to analyse (default {HELD_OUT}, held out)")
     p.add_argument("--size", default="medium", help="phantom size: small, medium (default) or full")
@@ -30,6 +35,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=DEMO_TRAINING["epochs"],
                    help=f"epochs for --train (default {DEMO_TRAINING['epochs']})")
     p.add_argument("--no-perturbation", action="store_true", help="skip the input-contribution analysis")
+    p.add_argument("--shift", type=int, default=DEMO_SHIFT, metavar="SEED",
+                   help=f"test-time shift of the held-out brain drawn from SEED (default {DEMO_SHIFT}; physics "
+                        f"constants, SNR, bias, hidden factors, misregistration and staining of the truth; "
+                        f"see mrhnet phantom --help); 0 for none")
+    p.add_argument("--no-baselines", action="store_true",
+                   help="skip the ridge and gradient-boosting baselines (trained on simulated "
+                        f"{', '.join(BASELINE_BRAINS)})")
     p.set_defaults(func=run)
 
 
@@ -71,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.evaluate import evaluate
     from ..network.infer import predict, write_maps
     from ..simulation.phantom import phantom_figure, simulate_subject
+    from ..simulation.shift import draw_shift
     from ..display import overlay_figure
 
     out = Path(args.out)
@@ -82,9 +95,12 @@ def run(args: argparse.Namespace) -> int:
         if missing:
             raise MRHNetError(f"shipped demo networks missing for {', '.join(missing)}; run with --train")
         shipped = [demo[t] for t in ("af", "nf", "mbp")]
+    if args.shift < 0:
+        raise MRHNetError(f"--shift {args.shift}: a positive seed, or 0 for none")
+    shift = draw_shift(args.shift) if args.shift else None
     bar, report = _bar(f"simulate {args.brain}")
     with bar:
-        subject = simulate_subject(args.brain, seed=args.seed, size=args.size, progress=report)
+        subject = simulate_subject(args.brain, seed=args.seed, size=args.size, shift=shift, progress=report)
     subject.save(out / "subject")
     phantom_figure(subject, out / "subject.png")
     print(f"simulated brain {args.brain} {subject.shape} -> {out / 'subject'}")
@@ -99,18 +115,31 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {path}")
     overlay_figure(subject.images["t2w"], maps, out / "overlays.png", title=f"simulated brain {args.brain}")
 
+    train_brains = [] if args.no_baselines else (["C1"] if args.train else list(BASELINE_BRAINS))
+    baseline_train = []
+    for brain in train_brains:
+        bar, report = _bar(f"simulate {brain} (baselines)")
+        with bar:
+            baseline_train.append(simulate_subject(brain, seed=0, size=args.size, progress=report))
+    label = (f"simulated brain {args.brain} (not real data)"
+             + (f" with test-time shift {args.shift} (physics, SNR, bias, hidden factors, misregistration and "
+                f"staining of the truth)" if shift else ", no test-time shift")
+             + (f"; networks and baselines trained on simulated {', '.join(train_brains)}" if train_brains else ""))
     bar, report = _bar("evaluate")
     with bar:
         ev = evaluate(maps, subject=subject, models=[] if args.no_perturbation else models,
-                      device=args.device, progress=report)
+                      baseline_train=baseline_train, data_label=label, device=args.device, progress=report)
     paths = ev.save(out / "report")
     print(f"wrote {paths['md']}, {paths['png']}, {out / 'overlays.png'}")
-    print(f"\nVirtual histology of simulated brain {args.brain} against its ground truth (inside the brain mask):")
+    print(f"\nVirtual histology of {label}, against its simulated ground truth (inside the brain mask):")
     for t, e in ev.summary["targets"].items():
         n = e["network"]
         best = max(e["markers"].items(), key=lambda kv: kv[1]["auc"], default=None)
-        line = (f"  MRH-{t.upper():4s} r {n['pearson_r']:.3f}  SSIM {n['ssim']:.3f}  PSNR {n['psnr_db']:.1f} dB  "
-                f"AUC {n['auc']:.3f}")
+        line = (f"  MRH-{t.upper():4s} R^2 {n['r2']:.3f}  r {n['pearson_r']:.3f}  SSIM {n['ssim']:.3f}  "
+                f"PSNR {n['psnr_db']:.1f} dB  AUC {n['auc']:.3f}")
+        base = e.get("baselines", {})
+        if base:
+            line += "   baselines R^2: " + ", ".join(f"{k} {b['r2']:.3f}" for k, b in base.items())
         if best:
             line += f"   (best single marker {best[0]}: AUC {best[1]['auc']:.3f})"
         print(line)

@@ -76,31 +76,29 @@ def fit_predict(kind: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.
         return model.predict(np.asarray(x_test)).astype(np.float32)
 
 
-def training_rows(stacks: Sequence[np.ndarray], masks: Sequence[np.ndarray],
-                  targets: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Pool the masked voxels of several training subjects: (inputs (N, C), target (N,))."""
-    xs = [centre_features(s, m) for s, m in zip(stacks, masks)]
-    ys = [np.asarray(t, dtype=np.float32)[np.asarray(m, dtype=bool)] for t, m in zip(targets, masks)]
-    return np.concatenate(xs), np.concatenate(ys)
+def training_rows(stack: np.ndarray, mask: np.ndarray, targets: Mapping[str, np.ndarray], max_rows: int,
+                  seed: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A seeded sample of at most ``max_rows`` masked voxels of one training subject: (inputs (n, C),
+    {target: (n,)})."""
+    mask = np.asarray(mask, dtype=bool)
+    flat = np.flatnonzero(mask)
+    pick = flat[sample_rows(len(flat), max_rows, seed)]
+    x = np.ascontiguousarray(stack.reshape(stack.shape[0], -1)[:, pick].T, dtype=np.float32)
+    return x, {t: np.asarray(v, dtype=np.float32).reshape(-1)[pick] for t, v in targets.items()}
 
 
-def baseline_maps(train_stacks: Sequence[np.ndarray], train_masks: Sequence[np.ndarray],
-                  train_targets: Mapping[str, Sequence[np.ndarray]], test_stack: np.ndarray,
+def baseline_maps(x_train: np.ndarray, y_train: Mapping[str, np.ndarray], test_stack: np.ndarray,
                   test_mask: np.ndarray, kinds: Sequence[str] = BASELINES, *, seed: int = 0,
                   max_samples: int = DEFAULT_MAX_SAMPLES) -> dict[str, dict[str, np.ndarray]]:
-    """Baseline maps of the test subject: ``{kind: {target: (X, Y, Z) float32, 0 outside test_mask}}``.
-
-    ``train_targets[target]`` holds one truth volume per training stack."""
+    """Baseline maps of the test subject: ``{kind: {target: (X, Y, Z) float32, 0 outside test_mask}}``,
+    fitted on the rows ``x_train`` (N, C) -> ``y_train[target]`` (N,)."""
     x_test = centre_features(test_stack, test_mask)
     test_mask = np.asarray(test_mask, dtype=bool)
     out: dict[str, dict[str, np.ndarray]] = {k: {} for k in kinds}
-    for target, truths in train_targets.items():
-        if len(truths) != len(train_stacks):
-            raise MRHNetError(f"{target}: {len(truths)} truth volumes for {len(train_stacks)} training subjects")
-        x, y = training_rows(train_stacks, train_masks, truths)
+    for target, y in y_train.items():
         for kind in kinds:
             vol = np.zeros(test_mask.shape, dtype=np.float32)
-            vol[test_mask] = fit_predict(kind, x, y, x_test, seed=seed, max_samples=max_samples)
+            vol[test_mask] = fit_predict(kind, x_train, y, x_test, seed=seed, max_samples=max_samples)
             out[kind][target] = vol
     return out
 
@@ -110,11 +108,14 @@ def subject_baselines(train_subjects: Sequence, test_subject, targets: Sequence[
                       protocol=None) -> dict[str, dict[str, np.ndarray]]:
     """Baselines for ``test_subject`` trained on ``train_subjects`` (subject objects that hold each of
     ``targets``), on the inputs of ``protocol`` (default: the test subject's own raw channels) normalised
-    by the engine (:meth:`Subject.inputs`). Refuses training subjects without a target or with other inputs."""
+    by the engine (:meth:`Subject.inputs`); each training subject gives an equal share of the at most
+    ``max_samples`` training voxels. Refuses training subjects without a target or with other inputs."""
     from ..data.protocol import check_compatible
 
     if not train_subjects:
         raise MRHNetError("baselines need at least one training subject")
+    if max_samples <= 0:
+        raise MRHNetError(f"baseline sample size {max_samples} must be positive")
     protocol = protocol if protocol is not None else test_subject.protocol()
     for s in train_subjects:
         lacking = [t for t in targets if t not in s.images]
@@ -125,8 +126,12 @@ def subject_baselines(train_subjects: Sequence, test_subject, targets: Sequence[
             check_compatible(protocol, s.protocol(protocol.input_kind))
         except MRHNetError as exc:
             raise MRHNetError(f"baseline training subject {s.name or '?'}: {exc}") from None
-    stacks = [s.inputs(protocol) for s in train_subjects]
-    masks = [s.mask for s in train_subjects]
-    truths = {t: [s.target(t) for s in train_subjects] for t in targets}
-    return baseline_maps(stacks, masks, truths, test_subject.inputs(protocol), test_subject.mask, kinds,
-                         seed=seed, max_samples=max_samples)
+    share = -(-max_samples // len(train_subjects))
+    xs, ys = [], {t: [] for t in targets}
+    for k, s in enumerate(train_subjects):
+        x, y = training_rows(s.inputs(protocol), s.mask, {t: s.target(t) for t in targets}, share, seed + k)
+        xs.append(x)
+        for t in targets:
+            ys[t].append(y[t])
+    return baseline_maps(np.concatenate(xs), {t: np.concatenate(v) for t, v in ys.items()},
+                         test_subject.inputs(protocol), test_subject.mask, kinds, seed=seed, max_samples=max_samples)

@@ -8,7 +8,7 @@ import pytest
 
 from MRHNetLib.cli import main
 from MRHNetLib.errors import MRHNetError
-from MRHNetLib.evaluation.baselines import baseline_maps, fit_predict, sample_rows, subject_baselines
+from MRHNetLib.evaluation.baselines import baseline_maps, fit_predict, sample_rows, subject_baselines, training_rows
 from MRHNetLib.evaluation.evaluate import agreement, evaluate
 from MRHNetLib.simulation.phantom import simulate_subject
 
@@ -30,8 +30,9 @@ def test_ridge_recovers_a_linear_target(brains):
     train, test = brains["C1"], brains["R2"]
     w = np.random.default_rng(0).normal(0, 20, size=train.protocol().n_channels).astype(np.float32)
     proto = test.protocol()
-    maps = baseline_maps([train.inputs(proto)], [train.mask], {"af": [_linear_target(train, w)]},
-                         test.inputs(proto), test.mask, kinds=("ridge",))
+    x, y = training_rows(train.inputs(proto), train.mask, {"af": _linear_target(train, w)}, 10 ** 6)
+    assert x.shape == (train.mask.sum(), 67) and y["af"].shape == (train.mask.sum(),)
+    maps = baseline_maps(x, y, test.inputs(proto), test.mask, kinds=("ridge",))
     truth = _linear_target(test, w)
     score = agreement(truth, maps["ridge"]["af"], test.mask, ssim=False)
     assert score["r2"] > 0.99 and score["pearson_r"] > 0.995
