@@ -34,25 +34,29 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def input_files(args: argparse.Namespace, subject) -> list:
+def input_files(args: argparse.Namespace, subject=None) -> list:
     """Every file the subject was read from (outputs must never replace one)."""
     from pathlib import Path
 
     files = [getattr(args, k) for k in vars(args) if k.startswith(("t2w", "mt_", "fa", "mask", "dwi_"))
              and isinstance(getattr(args, k), str)]
     if args.subject:
-        files += [str(p) for p in Path(args.subject).iterdir() if p.is_file()]
+        folder = Path(args.subject)
+        files += [str(p) for p in folder.iterdir() if p.is_file()] if folder.is_dir() else []
     return files
 
 
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..network.infer import as_model, predict, write_maps
+    from ..network.infer import as_model, map_keys, output_paths, predict, write_maps
 
     if args.chunk_voxels is not None and args.chunk_voxels < 1:
         raise MRHNetError(f"--chunk-voxels {args.chunk_voxels}: must be at least 1")
     models = [as_model(m) for m in args.model]
+    # the outputs must be writable before any work (reading the subject included)
+    output_paths(map_keys([m.info.target for m in models]), args.out, suffix=args.suffix,
+                 protect=input_files(args))
     subject = subject_from_args(args)
     with tqdm(total=100, unit="%", desc="predict", bar_format="{l_bar}{bar}| {n:.0f}% {postfix}") as bar:
         def report(fraction: float, message: str) -> None:

@@ -163,6 +163,9 @@ def read_volume(path: str | os.PathLike, allow_4d: bool = True) -> Volume:
     if data.ndim < 3 or min(data.shape[:3]) < 1 or (data.ndim == 3 and sorted(data.shape)[0] == 1):
         kind = f"a {data.ndim}D image" if data.ndim < 3 else "a single slice (2D)"
         raise MRHNetError(f"{path}: is {kind} of shape {data.shape}; a 3D volume is needed")
+    if data.ndim > 4:
+        raise MRHNetError(f"{path}: is a {data.ndim}D image of shape {data.shape}; a 3D volume"
+                          f"{' (or a 4D DWI)' if allow_4d else ''} is needed")
     if data.ndim == 4 and not allow_4d:
         raise MRHNetError(f"{path}: is 4D {data.shape}; a single 3D volume is needed here")
     if data.size == 0:

@@ -180,8 +180,36 @@ def _read_meta(path: Path) -> tuple[dict, ModelInfo]:
         raise MRHNetError(f"{path}: model does not exist")
     if not meta_path.exists():
         raise MRHNetError(f"{path}: not a model folder (no {META})")
+    _refuse_foreign_file(meta_path)
     meta = read_json(meta_path)
     return meta, ModelInfo.from_dict(meta, str(meta_path))
+
+
+def _refuse_foreign_file(path: Path) -> None:
+    """A clear word for files that are not a model description: MATLAB networks, weights alone."""
+    with open(path, "rb") as f:
+        head = f.read(128)
+    if path.suffix.lower() == ".mat" or head.startswith(b"MATLAB") or head[:8] == b"\x89HDF\r\n\x1a\n":
+        raise MRHNetError(f"{path}: is a MATLAB file, not a model; convert an original MRH-Net network first: "
+                          f"mrhnet import-matlab {path} --out {path.stem}{SUFFIX}")
+    if path.name == WEIGHTS or head[:1] == b"\x80" or head[:2] == b"PK":
+        raise MRHNetError(f"{path}: is a weights file, not a model; give the {SUFFIX} folder that holds it "
+                          f"with its {META}")
+
+
+def _check_tensors(state: dict[str, torch.Tensor], net: MRHNet, weights: Path, info: ModelInfo) -> None:
+    """Name the first tensor that is missing, unexpected or of the wrong shape in ``weights``."""
+    expected = net.state_dict()
+    fit = f"{weights}: weights do not fit an MRH-Net of depth {info.depth} with {info.protocol.n_channels} inputs"
+    missing = [k for k in expected if k not in state]
+    extra = [k for k in state if k not in expected]
+    for names, what in ((missing, "is missing"), (extra, "is not part of it")):
+        if names:
+            more = f" (and {len(names) - 1} more)" if len(names) > 1 else ""
+            raise MRHNetError(f"{fit}: tensor '{names[0]}'{more} {what}")
+    for k, v in expected.items():
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise MRHNetError(f"{fit}: tensor '{k}' has shape {tuple(state[k].shape)}, not {tuple(v.shape)}")
 
 
 def read_info(path: str | os.PathLike) -> ModelInfo:
@@ -212,6 +240,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise MRHNetError(f"{weights}: not a valid safetensors file ({exc})") from None
     net = MRHNet(info.protocol.n_channels, info.depth, info.width)
+    _check_tensors(state, net, weights, info)
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:
