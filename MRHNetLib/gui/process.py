@@ -40,10 +40,14 @@ def python_command() -> list[str]:
     application there), else this interpreter."""
     if not in_slicer():
         return [sys.executable]
+    import slicer
+
     name = "PythonSlicer.exe" if os.name == "nt" else "PythonSlicer"
-    found = shutil.which(name) or str(Path(sys.executable).parent / name)
-    if not Path(found).is_file():
-        raise MRHNetError(f"{name}: Slicer's Python launcher was not found beside {sys.executable}")
+    candidates = [shutil.which(name), str(Path(slicer.app.slicerHome) / "bin" / name),
+                  str(Path(sys.executable).parent / name)]
+    found = next((c for c in candidates if c and Path(c).is_file()), None)
+    if found is None:
+        raise MRHNetError(f"{name}: Slicer's Python launcher was not found in {slicer.app.slicerHome}/bin")
     return [found]
 
 
@@ -95,7 +99,7 @@ class ChildJob:
         spec_path.write_text(json.dumps(self.spec, indent=1))
         command = (self.python or python_command()) + ["-m", "MRHNetLib", "job", str(spec_path)]
         options: dict[str, Any] = {"start_new_session": True} if os.name != "nt" else \
-            {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+            {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW}
         with open(self.events_path, "wb") as out, open(self.workdir / "stderr.log", "wb") as err:
             self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                             env=child_environment(), cwd=str(self.workdir), **options)
