@@ -125,6 +125,24 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def check_writable_folder(folder: str | os.PathLike) -> None:
+    """Refuse (:class:`~MRHNetLib.errors.MRHNetError`, one line naming the path) a folder that cannot be
+    created or written; its nearest existing ancestor decides. Nothing is created."""
+    from .errors import MRHNetError
+
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        if existing.is_symlink():  # a dangling link
+            raise MRHNetError(f"{existing}: is a broken link; cannot create the output folder {folder}")
+        existing = existing.parent
+    if not existing.is_dir():
+        raise MRHNetError(f"{existing}: is a file, not a folder; cannot create the output folder {folder}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "output folder" if existing == folder else f"folder in which to create {folder}"
+        raise MRHNetError(f"{existing}: no permission to write to this {what}")
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (:func:`atomic_output`), flushed to disk before the rename."""
     path = Path(path)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import MRHNetError, Progress, as_progress
+from ..files import check_writable_folder, remove_stale_temporaries
 from .fastconv import PRECISIONS, PatchNet
 from ..data.io import Volume, suffix_of, write_volume
 from .model import MRHNet
@@ -346,22 +347,8 @@ def output_paths(keys: Sequence[str], destination: str | os.PathLike | dict[str,
             raise MRHNetError(f"{p}: unknown image format (use .nii.gz, .nii, .nrrd or .hdr)")
         if p.is_dir():
             raise MRHNetError(f"{p}: is a folder; an output map cannot replace it")
-        _check_writable_folder(p.parent)
+        check_writable_folder(p.parent)
     return paths
-
-
-def _check_writable_folder(folder: Path) -> None:
-    """Refuse a folder that cannot be created or written (its nearest existing ancestor decides)."""
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        if existing.is_symlink():  # a dangling link
-            raise MRHNetError(f"{existing}: is a broken link; cannot create the output folder {folder}")
-        existing = existing.parent
-    if not existing.is_dir():
-        raise MRHNetError(f"{existing}: is a file, not a folder; cannot create the output folder {folder}")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        what = "output folder" if existing == folder else f"folder in which to create {folder}"
-        raise MRHNetError(f"{existing}: no permission to write to this {what}")
 
 
 def write_maps(maps: dict[str, Volume], destination: str | os.PathLike | dict[str, str | os.PathLike], *,
@@ -370,8 +357,6 @@ def write_maps(maps: dict[str, Volume], destination: str | os.PathLike | dict[st
 
     Everything is checked (:func:`output_paths`) before the first file is written; stale temporaries
     that killed runs left in the output folders are removed."""
-    from ..files import remove_stale_temporaries
-
     paths = output_paths(list(maps), destination, suffix=suffix, protect=protect)
     for folder in {p.parent for p in paths.values()}:
         remove_stale_temporaries(folder)

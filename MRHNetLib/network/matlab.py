@@ -30,7 +30,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..errors import MRHNetError, Progress, ProgressCallback, as_progress
-from ..files import sha256_file
+from ..files import check_writable_folder, sha256_file
 from ..data.bruker import DEFAULT_MT_ORDER
 from ..data.protocol import Normalisation, Protocol
 
@@ -476,6 +476,7 @@ def import_matlab(mat_path: str | os.PathLike, out_path: str | os.PathLike, mt_o
 
     prog = as_progress(progress)
     mat_path = Path(mat_path)
+    check_writable_folder(Path(out_path).parent)
     prog.update(0.0, f"reading {mat_path.name}")
     dag = read_dag_network(mat_path)
     prog.update(0.5, "checking the network graph")

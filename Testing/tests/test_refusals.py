@@ -86,3 +86,10 @@ def test_weights_missing_a_tensor_name_it(subject_dir, tmp_path):
     (model / "model.json").write_text(json.dumps(meta, indent=1))
     refused(["predict", subject_dir, "-m", model, "--out", tmp_path / "maps"], tmp_path,
             "weights.safetensors", "'Conv4.weight'", "missing")
+
+
+def test_import_matlab_into_a_folder_under_a_regular_file_is_refused(shared_data, tmp_path):
+    (tmp_path / "notes.txt").write_text("a file, not a folder\n")
+    net = shared_data / "networks" / "net_5layerV3Res_HRJG_allMRIs_Fluo.mat"
+    refused(["import-matlab", net, "--out", tmp_path / "notes.txt" / "af.mrhnet"], tmp_path,
+            str(tmp_path / "notes.txt"), "not a folder")
