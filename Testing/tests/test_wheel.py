@@ -73,7 +73,7 @@ def wheel_venv(tmp_path_factory):
     try:  # the build backend of this machine (no download); otherwise pip fetches setuptools
         import setuptools
 
-        isolation = [] if int(setuptools.__version__.split(".")[0]) >= 64 else None
+        isolation = [] if int(setuptools.__version__.split(".")[0]) >= 77 else None
     except ImportError:
         isolation = None
     build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check", "-q",
