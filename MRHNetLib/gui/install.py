@@ -56,12 +56,17 @@ class InstallError(RuntimeError):
     """Installing the requirements failed or was refused; the message says what to do."""
 
 
+class RestartRequired(InstallError):
+    """The PyTorch extension was just installed: Slicer must restart before torch can be installed
+    (a restart was offered); the work cannot go on in this session."""
+
+
 @dataclass
 class InstallResult:
     """What :func:`install_requirements` did."""
 
     installed: List[str] = field(default_factory=list)  # requirement strings that were missing
-    restart_required: bool = False  # the PyTorch extension was installed: restart Slicer, then Apply again
+    restart_required: bool = False  # an imported torch was replaced (child processes get the new one)
 
 
 def normalize(name: str) -> str:
@@ -204,9 +209,10 @@ def install_requirements(requirements: Optional[os.PathLike] = None, ask: bool =
     """Inside Slicer: install what is missing, after one confirmation (``ask=False``: none, e.g. in a
     self-test that the user started). The module's packages go through ``slicer.util.pip_install`` with a
     constraints file pinning everything installed; torch through the PyTorch extension (its own dialog
-    picks the build). Without the PyTorch extension, it is installed from the Extensions server and a
-    restart is offered (``restart_required`` in the result). Raises :class:`InstallError` when the user
-    declines or something fails."""
+    picks the build). Without the PyTorch extension, it is installed from the Extensions server, a
+    restart is offered and :class:`RestartRequired` raised (the packages are installed by then). Raises
+    :class:`InstallError` when the user declines or something fails. ``restart_required`` in the result:
+    an imported torch was replaced (the engine runs in a child process, which gets the new one)."""
     import slicer
 
     req_file = Path(requirements) if requirements is not None else requirements_file()
@@ -250,17 +256,17 @@ def install_requirements(requirements: Optional[os.PathLike] = None, ask: bool =
             if not manager.isExtensionInstalled("PyTorch") and not manager.installExtensionFromServer("PyTorch"):
                 raise InstallError("the PyTorch extension could not be installed from the Extensions server: "
                                    "install it in the Extensions Manager, restart Slicer and try again")
-            result.restart_required = True
             if slicer.util.confirmYesNoDisplay("The PyTorch extension is installed. Slicer must restart before "
                                                "MRHNet can install PyTorch. Restart now?",
                                                windowTitle="MRHNet"):
                 slicer.util.restart()
-            return result
+            raise RestartRequired("the PyTorch extension was installed: restart Slicer, then run again "
+                                  "(PyTorch is installed then)")
         import PyTorchUtils
 
         # PyTorchUtils runs pip (through light-the-torch) for torch and torchvision; pip reads PIP_CONSTRAINT,
         # so the same pins keep numpy & co. where Slicer has them while torch itself is free
-        result.restart_required = "torch" in sys.modules  # an imported torch is replaced: restart
+        result.restart_required = "torch" in sys.modules  # an imported torch is replaced
         previous = os.environ.get("PIP_CONSTRAINT")
         with tempfile.TemporaryDirectory(prefix="mrhnet-pip-") as tmp:
             pins = write_constraints(Path(tmp) / "constraints.txt", reqs + [torch_spec],
