@@ -43,6 +43,8 @@ except ImportError:  # pragma: no cover
     from pip._vendor.packaging.requirements import Requirement
     from pip._vendor.packaging.version import InvalidVersion, Version
 
+from ..errors import MRHNetError
+
 TORCH_REQUIREMENT = "torch>=2.1"
 # shipped with Slicer (its own builds): required, always pinned, never installed by the module
 SLICER_PROVIDED = ("numpy>=1.24", "scipy>=1.10", "SimpleITK>=2.3")
@@ -52,8 +54,9 @@ _IMPORT_NAMES = {"pynrrd": "nrrd", "simpleitk": "SimpleITK", "scikit-image": "sk
                  "scikit-learn": "sklearn", "mat-io": "matio"}
 
 
-class InstallError(RuntimeError):
-    """Installing the requirements failed or was refused; the message says what to do."""
+class InstallError(MRHNetError, RuntimeError):
+    """Installing the requirements failed or was refused; the message says what to do (an MRHNetError:
+    the GUIs show it as one line)."""
 
 
 class RestartRequired(InstallError):
