@@ -51,13 +51,15 @@ def _age_s(path: Path) -> float:
 
 def is_stale_temporary(path: Path) -> bool:
     """Whether ``path`` is a temporary of :func:`atomic_output` whose writer is gone: a process of this
-    machine that no longer runs, or (a shared folder) another machine's, after :data:`STALE_AFTER_S`."""
+    machine that no longer runs, or any older than :data:`STALE_AFTER_S` (another machine's in a shared
+    folder; a process id used again since)."""
     m = _NAME.match(path.name)
     if not m or path.is_symlink() or not path.is_file():
         return False
-    if m["host"] == _host():
-        return int(m["pid"]) != os.getpid() and not _alive(int(m["pid"]))
-    return _age_s(path) > STALE_AFTER_S
+    if _age_s(path) > STALE_AFTER_S:
+        return True
+    pid = int(m["pid"])
+    return m["host"] == _host() and pid != os.getpid() and not _alive(pid)
 
 
 def _is_legacy_temporary(path: Path, name: str) -> bool:

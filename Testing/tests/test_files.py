@@ -83,6 +83,22 @@ def test_killed_writes_leave_nothing_that_looks_like_an_output_and_the_next_run_
     assert [p.name for p in out.iterdir()] == ["af.nii.gz"]
 
 
+def test_only_temporaries_of_gone_writers_are_stale(tmp_path):
+    from MRHNetLib.files import _host
+
+    live = tmp_path / f".af.nii.gz.partial-{_host()}-1-0badcafe"  # pid 1 always runs
+    other_host = tmp_path / ".af.nii.gz.partial-elsewhere-12345-0badcafe"
+    user_file = tmp_path / ".af.nii.gz.notes"
+    for p in (live, other_host, user_file):
+        p.write_bytes(b"x")
+    assert remove_stale_temporaries(tmp_path) == []
+    day_old = time.time() - 25 * 3600
+    for p in (live, other_host, user_file):
+        os.utime(p, (day_old, day_old))
+    assert sorted(remove_stale_temporaries(tmp_path)) == sorted([live, other_host])
+    assert [p.name for p in tmp_path.iterdir()] == [user_file.name]  # never anything but our temporaries
+
+
 @pytest.mark.filterwarnings("ignore:.*Analyze 7.5 keeps only the voxel size")
 @pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
 def test_every_writer_follows_the_umask(tmp_path, umask, mask, mode):
