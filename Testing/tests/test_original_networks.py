@@ -94,9 +94,12 @@ def test_slicer_scene_inference_gives_the_cli_map(original_subject):
     folder, cli_map = original_subject
     scene = slicer.vtkMRMLScene()
     slicer.mrmlScene = scene
+    from MRHNetLib.gui.controller import Controller, Inputs
+
     nodes = sc.add_subject_nodes(scene, load_subject(folder), "brainO")
-    run = sc.SceneInference(scene, [MODEL], device="cpu", **{r: nodes[r] for r in INPUT_ROLES}).start()
-    outputs = run.wait(timeout=120)
+    controller = Controller(scene)
+    controller.predict(Inputs({r: nodes[r] for r in INPUT_ROLES}), [MODEL], device="cpu")  # in a child process
+    outputs = controller.wait(timeout=180)
     assert set(outputs) == {"af"}
     node = scene.GetFirstNodeByName("brainO MRH-AF")
     assert node is not None and node is outputs["af"]
@@ -123,9 +126,12 @@ def test_default_protocol_subject_is_refused_by_the_original_network(tmp_path, c
     slicer.mrmlScene = scene
     nodes = sc.add_subject_nodes(scene, subject, "brainD")
     before = sc.scene_signature(scene)
+    from MRHNetLib.gui.controller import Controller, Inputs
+
+    controller = Controller(scene)
     with pytest.raises(MRHNetError, match=r"dwi_b2000: gradient directions differ.*--adapt-protocol"):
-        sc.SceneInference(scene, [MODEL], device="cpu", **{r: nodes[r] for r in INPUT_ROLES})
-    assert sc.scene_signature(scene) == before
+        controller.predict(Inputs({r: nodes[r] for r in INPUT_ROLES}), [MODEL], device="cpu")
+    assert sc.scene_signature(scene) == before and not controller.busy
 
 
 def test_original_protocol_with_b0_written_as_zero_is_accepted(original_subject):
