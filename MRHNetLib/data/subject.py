@@ -20,8 +20,8 @@ import numpy as np
 
 from ..errors import MRHNetError
 from .io import Gradients, Volume, read_dwi, read_volume, write_fsl_gradients, write_volume
-from .protocol import (DWI_ROLES, IMAGE_ROLES, MAP_ROLES, TARGET_ROLES, Channel, Protocol,
-                       dwi_channels, scale_group)
+from .normalise import channel_scales, channel_views
+from .protocol import DWI_ROLES, IMAGE_ROLES, MAP_ROLES, TARGET_ROLES, Channel, Protocol, dwi_channels
 
 SCALAR_ROLES = IMAGE_ROLES + ("fa", "mask", "md", "mk", "mtr") + TARGET_ROLES
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".hdr")
@@ -148,27 +148,20 @@ class Subject:
         return self.inputs_and_scales(protocol)[0]
 
     def inputs_and_scales(self, protocol: Protocol) -> tuple[np.ndarray, np.ndarray]:
-        """(:meth:`inputs`, the per-channel divisors used), for recording the scales seen in training."""
-        out = self.raw_inputs(protocol)
-        scales = input_scales(out, protocol, self.mask)
+        """(:meth:`inputs`, the per-channel divisors used), for recording the scales seen in training.
+
+        The divisors are computed on views of the subject's arrays (no copy), then the one stack is
+        filled and divided in place. Inference does not build the stack at all
+        (:func:`MRHNetLib.data.normalise.scaled_stack`)."""
+        views = channel_views(self, protocol)
+        scales = channel_scales(views, [ch.role for ch in protocol.channels], self.mask, protocol.normalisation)
+        out = stack_views(views, self.shape)
         out /= scales[:, None, None, None]
         return out, scales
 
     def raw_inputs(self, protocol: Protocol) -> np.ndarray:
         """The channels of ``protocol`` as (C, X, Y, Z) float32, before normalisation."""
-        out = np.empty((protocol.n_channels,) + self.shape, dtype=np.float32)
-        used: dict[str, int] = {}
-        for c, ch in enumerate(protocol.channels):
-            arr = self.channel_volume(ch.role)
-            if arr.ndim == 4:
-                k = used.get(ch.role, 0)
-                if k >= arr.shape[3]:
-                    raise MRHNetError(f"{ch.role}: model needs more volumes than the subject's {arr.shape[3]}")
-                out[c] = arr[..., k]
-                used[ch.role] = k + 1
-            else:
-                out[c] = arr
-        return out
+        return stack_views(channel_views(self, protocol), self.shape)
 
     def target(self, role: str) -> np.ndarray:
         if role not in self.images:
@@ -204,21 +197,18 @@ def grid_mismatch(ref: Volume, vol: Volume) -> str | None:
     return None
 
 
+def stack_views(views: list[np.ndarray], shape: tuple[int, int, int]) -> np.ndarray:
+    """The 3D ``views`` as one (C, X, Y, Z) float32 array."""
+    out = np.empty((len(views),) + tuple(shape), dtype=np.float32)
+    for c, v in enumerate(views):
+        out[c] = v
+    return out
+
+
 def input_scales(stack: np.ndarray, protocol: Protocol, mask: np.ndarray) -> np.ndarray:
-    """One divisor per channel (see :class:`~MRHNetLib.data.protocol.Normalisation`)."""
-    norm = protocol.normalisation
-    if norm.method == "global_max":
-        top = float(stack.max())
-        return np.full(len(stack), top if top > 0 else 1.0, dtype=np.float32)
-    groups: dict[str, list[int]] = {}
-    for c, ch in enumerate(protocol.channels):
-        groups.setdefault(scale_group(ch.role), []).append(c)
-    scales = np.ones(len(stack), dtype=np.float32)
-    for idx in groups.values():
-        values = stack[idx][:, mask]
-        s = float(np.percentile(values, norm.percentile)) if values.size else 0.0
-        scales[idx] = s if s > 0 else (float(np.abs(values).max()) if values.size and np.abs(values).max() > 0 else 1.0)
-    return scales
+    """One divisor per channel of a (C, X, Y, Z) ``stack`` (see
+    :class:`~MRHNetLib.data.protocol.Normalisation`), computed channel by channel without copying a group."""
+    return channel_scales(list(stack), [ch.role for ch in protocol.channels], mask, protocol.normalisation)
 
 
 def _find(folder: Path, role: str) -> Path | None:

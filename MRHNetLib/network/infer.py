@@ -2,8 +2,10 @@
 
 The result is the original's per-voxel procedure (every brain voxel's own zero-padded P x P patch in
 the protocol's plane through the network, the centre of the output kept, the map times the mask),
-computed exactly but in chunks of many patches with :class:`~MRHNetLib.network.fastconv.PatchNet`. Memory
-stays bounded by the chunk size whatever the volume size.
+computed exactly but in chunks of many patches with :class:`~MRHNetLib.network.fastconv.PatchNet`. The
+normalised input is never built: patches are cut chunk by chunk from the subject's own arrays and scaled
+as they are cut (:mod:`MRHNetLib.data.normalise`), so memory above the inputs stays bounded by the chunk
+size whatever the volume size.
 
 API used by the CLI, the Slicer module and the web app: :func:`predict`, :func:`check_subject`,
 :func:`predict_array`, :func:`write_maps`.
@@ -22,6 +24,7 @@ from ..errors import MRHNetError, Progress, as_progress
 from ..files import check_writable_folder, remove_stale_temporaries
 from .fastconv import PRECISIONS, PatchNet
 from ..data.io import Volume, suffix_of, write_volume
+from ..data.normalise import ScaledStack, scaled_stack
 from .model import MRHNet
 from .modelfile import LoadedModel, ModelInfo, load_model, read_info
 from ..data.orient import canonical_subject, restore
@@ -143,19 +146,41 @@ def patch_batch(stack: torch.Tensor, centres: torch.Tensor, shape: Sequence[int]
     return x.masked_fill_(~valid.unsqueeze(-1), 0.0)
 
 
-def _run_chunk(pn: PatchNet, flat: torch.Tensor, centres: torch.Tensor, shape, axes, half_patch: int,
-               single_thread: bool) -> torch.Tensor:
+def scaled_patches(stack: ScaledStack, centres: np.ndarray, axes: tuple[int, int, int],
+                   half_patch: int) -> np.ndarray:
+    """(P, P, N, C) float32 zero-padded in-plane patches around flat voxel ``centres``, cut from the
+    subject's own arrays and scaled as they are cut: the numbers :func:`patch_batch` gives on the
+    normalised stack. Each distinct voxel of the chunk is read once."""
+    shape = tuple(stack.shape[1:])
+    _, ra, ca = axes
+    coords = np.unravel_index(np.asarray(centres, dtype=np.int64), shape)
+    off = np.arange(-half_patch, half_patch + 1)
+    p, n = len(off), len(centres)
+    row = coords[ra][None, None, :] + off[:, None, None]
+    col = coords[ca][None, None, :] + off[None, :, None]
+    valid = (row >= 0) & (row < shape[ra]) & (col >= 0) & (col < shape[ca])  # (P, P, N)
+    full = [np.broadcast_to(c, (p, p, n)) for c in coords]
+    full[ra] = np.where(valid, row, coords[ra])  # outside the volume: the centre, zeroed below
+    full[ca] = np.where(valid, col, coords[ca])
+    voxels, inverse = np.unique(np.ravel_multi_index(full, shape).reshape(-1), return_inverse=True)
+    x = stack.gather(np.unravel_index(voxels, shape))[inverse]
+    x[~valid.reshape(-1)] = 0.0
+    return x.reshape(p, p, n, -1)
+
+
+def _run_chunk(pn: PatchNet, cut, centres, single_thread: bool) -> torch.Tensor:
     if single_thread:
         torch.set_num_threads(1)  # per worker thread (OpenMP settings are per thread)
-    return pn(patch_batch(flat, centres, shape, axes, half_patch))
+    return pn(cut(centres))
 
 
-def predict_voxels(net: MRHNet | PatchNet, stack: np.ndarray | torch.Tensor, centres: np.ndarray,
+def predict_voxels(net: MRHNet | PatchNet, stack: np.ndarray | torch.Tensor | ScaledStack, centres: np.ndarray,
                    axes: tuple[int, int, int], half_patch: int = 1, *, device: str | torch.device = "cpu",
                    precision: str = "fp32", chunk_voxels: int | None = None, workers: int | None = None,
                    progress=None) -> np.ndarray:
     """Network output (centre of each voxel's patch) at flat voxel indices ``centres`` of a (C, X, Y, Z)
-    normalised ``stack``: (N,) float32.
+    normalised ``stack`` (an array, a tensor or a :class:`~MRHNetLib.data.normalise.ScaledStack`, whose
+    patches are cut and scaled chunk by chunk from the subject's own arrays): (N,) float32.
 
     Chunks of ``chunk_voxels`` (default: 2,048 on the CPU, 65,536 on a GPU) bound the memory. On the
     CPU, chunks run on ``workers`` threads (default: torch's thread count) that each compute
@@ -172,10 +197,15 @@ def predict_voxels(net: MRHNet | PatchNet, stack: np.ndarray | torch.Tensor, cen
     if stack.shape[0] != pn.in_channels:
         raise MRHNetError(f"input has {stack.shape[0]} channels but the network expects {pn.in_channels}")
     shape = tuple(int(s) for s in stack.shape[1:])
-    if isinstance(stack, np.ndarray):
-        stack = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))
-    flat = stack.reshape(stack.shape[0], -1).to(pn.device)
-    idx = torch.as_tensor(np.asarray(centres, dtype=np.int64), device=pn.device)
+    if isinstance(stack, ScaledStack):
+        idx = np.asarray(centres, dtype=np.int64)
+        cut = lambda c: torch.from_numpy(scaled_patches(stack, c, axes, half_patch)).to(pn.device)  # noqa: E731
+    else:
+        if isinstance(stack, np.ndarray):
+            stack = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))
+        flat = stack.reshape(stack.shape[0], -1).to(pn.device)
+        idx = torch.as_tensor(np.asarray(centres, dtype=np.int64), device=pn.device)
+        cut = lambda c: patch_batch(flat, c, shape, axes, half_patch)  # noqa: E731
     out = torch.empty(len(idx), dtype=torch.float32, device=pn.device)
     chunk = max(1, int(chunk_voxels or default_chunk(pn.device)))
     total = len(idx)
@@ -189,11 +219,11 @@ def predict_voxels(net: MRHNet | PatchNet, stack: np.ndarray | torch.Tensor, cen
             for i, start in enumerate(starts):
                 c = idx[start:start + chunk]
                 if n_workers == 1:
-                    out[start:start + len(c)] = pn(patch_batch(flat, c, shape, axes, half_patch))
+                    out[start:start + len(c)] = pn(cut(c))
                     done += len(c)
                     prog.update(done / total, f"{done:,} / {total:,} voxels")
                     continue
-                pending.append((start, len(c), pool.submit(_run_chunk, pn, flat, c, shape, axes, half_patch, single)))
+                pending.append((start, len(c), pool.submit(_run_chunk, pn, cut, c, single)))
                 while pending and (len(pending) > n_workers or i == len(starts) - 1):
                     s0, n0, fut = pending.popleft()
                     out[s0:s0 + n0] = fut.result()
@@ -205,14 +235,15 @@ def predict_voxels(net: MRHNet | PatchNet, stack: np.ndarray | torch.Tensor, cen
     return out.cpu().numpy()
 
 
-def predict_array(net: MRHNet | PatchNet, stack: np.ndarray | torch.Tensor, mask: np.ndarray,
+def predict_array(net: MRHNet | PatchNet, stack: np.ndarray | torch.Tensor | ScaledStack, mask: np.ndarray,
                   axes: tuple[int, int, int], half_patch: int = 1, *, device: str | torch.device = "cpu",
                   precision: str = "fp32", chunk_voxels: int | None = None, workers: int | None = None,
                   progress=None) -> np.ndarray:
     """(X, Y, Z) map: the network's patch-centre output at every voxel of ``mask``, zero elsewhere.
 
-    ``stack``: (C, X, Y, Z) normalised input; ``axes``: (slice_axis, row_axis, col_axis) from
-    :func:`~MRHNetLib.data.protocol.plane_axes` (patch rows along ``row_axis``, columns along ``col_axis``)."""
+    ``stack``: (C, X, Y, Z) normalised input (or a :class:`~MRHNetLib.data.normalise.ScaledStack`);
+    ``axes``: (slice_axis, row_axis, col_axis) from :func:`~MRHNetLib.data.protocol.plane_axes` (patch rows
+    along ``row_axis``, columns along ``col_axis``)."""
     mask = np.asarray(mask, dtype=bool)
     if tuple(mask.shape) != tuple(stack.shape[1:]):
         raise MRHNetError(f"mask shape {mask.shape} differs from the input's {tuple(stack.shape[1:])}")
@@ -291,7 +322,7 @@ def predict(subject, models: Sequence[LoadedModel | str | os.PathLike], *, devic
             cache = None  # free the previous stack first
             work, resampled = _prepare(subject, m.info, adapt_protocol, resample, sub.sub(0.0, 0.15))
             sub.update(0.15, f"{m.name}: normalising inputs")
-            cache = (key, work, resampled, work.inputs(proto), work.mask)
+            cache = (key, work, resampled, scaled_stack(work, proto), work.mask)  # views, no copy
         _, work, resampled, stack, wmask = cache
         axes = plane_axes(work.affine, proto.patch_plane)
         pred = predict_array(m.net, stack, wmask, axes, proto.half_patch, device=dev, precision=precision,
