@@ -7,10 +7,11 @@ object per line:
 
 * ``{"event": "progress", "fraction": 0.4, "message": "..."}`` (at most every 0.1 s, and the last one)
 * ``{"event": "epoch", "epoch": 3, "train_loss": ..., "val_loss": ...}`` (training: one per epoch)
-* ``{"event": "done", "outputs": {...}}`` (paths of what was written), or
+* ``{"event": "done", "outputs": {...}}`` (paths of what was written; a predict job with ``"evaluate": true``
+  on a subject with histology adds ``"evaluation": {"report": report.json, "figure": report.png}``), or
 * ``{"event": "failed", "message": "one line", "details": "traceback or empty"}``.
 
-Spec kinds (``"kind"``): ``predict`` (subject folder, models, out folder, device, chunk_voxels),
+Spec kinds (``"kind"``): ``predict`` (subject folder, models, out folder, device, chunk_voxels, evaluate),
 ``train`` (subject folder, target, out model, base_model, options, run_dir) and ``phantom`` (out
 folder, brain, size, seed). The exit code is 0 on success, 2 for a user error, 1 otherwise.
 """
@@ -27,6 +28,7 @@ from typing import Any, Callable
 from ..errors import MRHNetError, error_message
 
 MAP_SUFFIX = ".nii"  # uncompressed: the GUI loads them back at once
+EVALUATION_START = 0.85  # share of a predict job's progress bar before its evaluation
 Emit = Callable[[dict[str, Any]], None]
 
 
@@ -63,13 +65,38 @@ def progress_reporter(emit: Emit, interval_s: float = 0.1) -> Callable[[float, s
 
 def run_predict(spec: dict[str, Any], emit: Emit) -> dict[str, Any]:
     from ..data.subject import load_subject
+    from ..errors import Progress
     from ..network.infer import predict, write_maps
 
     subject = load_subject(spec["subject"], name=spec.get("name"))
-    maps = predict(subject, spec["models"], device=spec.get("device", "auto"),
-                   chunk_voxels=spec.get("chunk_voxels"), progress=progress_reporter(emit))
+    progress = Progress(progress_reporter(emit))
+    evaluated = bool(spec.get("evaluate")) and bool(subject.targets())
+    maps = predict(subject, spec["models"], device=spec.get("device", "auto"), chunk_voxels=spec.get("chunk_voxels"),
+                   progress=progress.sub(0.0, EVALUATION_START if evaluated else 1.0))
     written = write_maps(maps, spec["out"], suffix=spec.get("suffix", MAP_SUFFIX))
-    return {key: str(path) for key, path in written.items()}
+    outputs: dict[str, Any] = {key: str(path) for key, path in written.items()}
+    if evaluated:
+        report = evaluate_maps(subject, maps, Path(spec["out"]), progress.sub(EVALUATION_START, 1.0))
+        if report:
+            outputs["evaluation"] = report
+    return outputs
+
+
+def evaluate_maps(subject, maps: dict[str, Any], out: Path, progress) -> dict[str, str]:
+    """Evaluate the maps that have the subject's histology (:func:`MRHNetLib.evaluation.evaluate.evaluate`) and
+    write report.json, report.md and report.png into ``out``: their paths, ``{}`` when no map has
+    histology, or ``{"problem": one line}`` when the evaluation cannot be made (the maps stand)."""
+    from ..evaluation.evaluate import MARKERS, evaluate
+
+    chosen = {key: vol for key, vol in maps.items() if key in subject.targets()}  # never an ensemble's _std
+    if not chosen:
+        return {}
+    markers = [m for m in MARKERS if m != "md" or "md" in subject.images]  # deriving MD is a slow DTI fit
+    try:
+        paths = evaluate(chosen, subject=subject, markers=markers, progress=progress).save(out)
+    except MRHNetError as exc:
+        return {"problem": f"evaluation: {exc}"}
+    return {"report": str(paths["json"]), "figure": str(paths["png"])}
 
 
 def run_train(spec: dict[str, Any], emit: Emit) -> dict[str, Any]:

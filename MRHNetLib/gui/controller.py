@@ -3,26 +3,30 @@
 One :class:`Controller` per scene owns what a front-end does beyond its widgets:
 
 * the **inputs** (:class:`Inputs`: scene nodes by role, or a subject folder) and the **model catalogue**
-  with each model's description and its protocol check against the inputs (cached; from node headers,
-  no voxel is read);
+  with each model's description and its protocol check against the inputs (cached; from node or file
+  headers, no voxel is read: :func:`folder_header_subject`);
 * **one job at a time** (prediction, training or the sample brain), run as ``mrhnet job`` in a child
   process (:mod:`MRHNetLib.gui.process`): the inputs are written to a private temporary folder one file
   per tick, the child is followed by :meth:`Controller.poll`, cancel ends it within a second and removes
   the folder;
 * **publishing** results into the scene: maps as styled overlay volumes (a re-run updates them), the
-  sample brain's images, the training loss curve.
+  evaluation against the subject's histology when asked for (computed by the child), the sample brain's
+  images, the training loss curve.
 
 A front-end calls :meth:`Controller.poll` from its timer (Slicer: ``QTimer``; web app: an asyncio task)
 and shows the returned :class:`~MRHNetLib.gui.jobs.Event` s; console code calls :meth:`Controller.wait`.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+import numpy as np
 
 from ..display import DEFAULT_OPACITY
 from ..errors import Cancelled, MRHNetError
@@ -38,16 +42,22 @@ SAMPLE_NAME = "MRHNet phantom brain"
 class Inputs:
     """What a job runs on: input nodes by role (with gradient files for 4D volumes and sequences, and an
     optional mask node), or a subject ``folder``; ``source`` is the node that outputs follow (default: the
-    T2w node)."""
+    T2w node; for a folder it must be given: the folder's T2w shown in the scene). ``targets``: histology
+    nodes by stain, written for the child only when a prediction is to be evaluated (a folder brings its own)."""
 
     nodes: dict[str, Any] = field(default_factory=dict)
     gradients: dict[str, str] = field(default_factory=dict)
     mask: Any = None
     folder: str | None = None
     source: Any = None
+    targets: dict[str, Any] = field(default_factory=dict)
 
     def chosen(self) -> dict[str, Any]:
         return {role: node for role, node in self.nodes.items() if node is not None}
+
+    @property
+    def empty(self) -> bool:
+        return not self.chosen() and self.folder is None
 
     def source_node(self) -> Any:
         return self.source if self.source is not None else sc.source_node_of(**self.chosen())
@@ -59,7 +69,9 @@ class Inputs:
             return node.GetID(), node.GetMTime(), image.GetMTime() if image is not None else 0
 
         return (tuple((r, stamp(n)) for r, n in sorted(self.chosen().items())),
-                tuple(sorted((r, str(p)) for r, p in self.gradients.items() if p)), self.folder)
+                tuple(sorted((r, str(p)) for r, p in self.gradients.items() if p)), self.folder,
+                folder_stamp(self.folder) if self.folder is not None else (),
+                self.source.GetName() if self.folder is not None and self.source is not None else None)
 
 
 @dataclass
@@ -88,6 +100,7 @@ class Controller:
         self.last: str | None = None  # the kind of the job that ended last
         self.outputs: dict[str, Any] = {}
         self.plot: sc.LossPlot | None = None
+        self.evaluation: Report | None = None  # of the latest prediction run with ``evaluate``
         self._checks: dict[tuple, list[str]] = {}
         self._infos: dict[str, Any] = {}
 
@@ -129,14 +142,14 @@ class Controller:
 
         try:
             text, problems = self.describe(models)
-            has_inputs = inputs.chosen() if isinstance(inputs, Inputs) else inputs is not None
+            has_inputs = not inputs.empty if isinstance(inputs, Inputs) else inputs is not None
             return text, problems or (self.check(inputs, models) if has_inputs and models else [])
         except Exception as exc:  # noqa: BLE001 - shown in the panel, never as a traceback
             return "", [error_message(exc)]
 
     def check(self, inputs: Inputs | Any, models: list[str]) -> list[str]:
-        """The engine's one-line problem for every model the inputs do not fit (empty: all fit). Node
-        inputs are checked from their headers; a loaded :class:`~MRHNetLib.data.subject.Subject` as it is."""
+        """The engine's one-line problem for every model the inputs do not fit (empty: all fit). Node and
+        folder inputs are checked from their headers; a loaded :class:`~MRHNetLib.data.subject.Subject` as it is."""
         from ..network.infer import check_subject
 
         key = (inputs.key() if isinstance(inputs, Inputs) else id(inputs), tuple(models))
@@ -144,7 +157,7 @@ class Controller:
             return self._checks[key]
         problems: list[str] = []
         try:
-            subject = sc.header_subject(inputs.chosen(), inputs.gradients) if isinstance(inputs, Inputs) else inputs
+            subject = header_subject_of(inputs) if isinstance(inputs, Inputs) else inputs
         except MRHNetError as exc:
             problems.append(str(exc))
         else:
@@ -167,8 +180,10 @@ class Controller:
         return self.task.kind if self.task else None
 
     def predict(self, inputs: Inputs, models: list[str], *, device: str = "auto", opacity: float = DEFAULT_OPACITY,
-                chunk_voxels: int | None = None) -> None:
-        """Start the models on the inputs; on success the maps become overlay volumes beside the source."""
+                chunk_voxels: int | None = None, evaluate: bool = False) -> None:
+        """Start the models on the inputs; on success the maps become overlay volumes beside the source.
+        ``evaluate``: the child also evaluates the maps against the subject's histology (when it has some);
+        the report is then in :attr:`evaluation`."""
         if not models:
             raise MRHNetError("choose at least one model")
         problems = self.check(inputs, list(models))
@@ -177,19 +192,22 @@ class Controller:
         source = inputs.source_node()
         work = self._workdir()
         subject = Path(inputs.folder) if inputs.folder else work / "subject"
-        prepare = iter(()) if inputs.folder else sc.write_subject_steps(subject, inputs.chosen(), inputs.gradients,
-                                                                       inputs.mask)
+        prepare = iter(()) if inputs.folder else sc.write_subject_steps(
+            subject, inputs.chosen(), inputs.gradients, inputs.mask, targets=inputs.targets if evaluate else None)
         spec = {"kind": "predict", "subject": str(subject), "models": [str(m) for m in models], "out": str(work / "maps"),
-                "device": device, "chunk_voxels": chunk_voxels, "name": source.GetName()}
+                "device": device, "chunk_voxels": chunk_voxels, "name": source.GetName(), "evaluate": evaluate}
 
         def publish(outputs: dict[str, Any]) -> Iterator[str]:
             from ..data.io import read_volume
 
+            outputs = dict(outputs)
+            report = outputs.pop("evaluation", None)
             maps = {}
             for key, path in outputs.items():
                 maps[key] = read_volume(path)
                 yield f"reading {key}"
             self.outputs = sc.publish_outputs(self.scene, maps, source, opacity=opacity)
+            self.evaluation = read_report(report) if report else None
             self.task.result = self.outputs
             yield "done"
 
@@ -341,6 +359,140 @@ class Controller:
                 task.job.cancel()
             shutil.rmtree(task.workdir, ignore_errors=True)
         return event
+
+
+@dataclass
+class Report:
+    """A prediction's evaluation against the subject's histology, as the child wrote it: the summary of
+    :func:`MRHNetLib.evaluation.evaluate.evaluate` (report.json) and its figure (report.png); or, when the
+    evaluation could not be made, the one-line ``problem``."""
+
+    summary: dict[str, Any] = field(default_factory=dict)
+    figure: bytes = b""
+    problem: str = ""
+
+
+def read_report(entry: dict[str, str]) -> Report:
+    """The report the child's ``evaluation`` output names (``report`` and ``figure`` paths, or ``problem``)."""
+    if entry.get("problem"):
+        return Report(problem=entry["problem"])
+    return Report(json.loads(Path(entry["report"]).read_text()), Path(entry["figure"]).read_bytes())
+
+
+# --- subjects from headers only: what the model checks need ----------------------------------------
+def header_subject_of(inputs: Inputs):
+    """The inputs' roles, grids and gradients without their voxels: from the nodes, else from the folder's
+    file headers (named as the child will name the subject: after the source node)."""
+    if inputs.folder is not None and not inputs.chosen():
+        return folder_header_subject(inputs.folder, name=inputs.source.GetName() if inputs.source else None)
+    return sc.header_subject(inputs.chosen(), inputs.gradients)
+
+
+def folder_stamp(folder: str | os.PathLike) -> tuple:
+    """(name, modification time, size) of every file in a folder: changes whenever a file does."""
+    try:
+        entries = [(p.name, p.stat()) for p in Path(folder).iterdir() if p.is_file()]
+    except OSError:
+        return ()
+    return tuple(sorted((name, st.st_mtime_ns, st.st_size) for name, st in entries))
+
+
+def image_header(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
+    """An image's shape and voxel-to-RAS affine as :func:`MRHNetLib.data.io.read_volume` gives them, from
+    its header alone: NRRD through SimpleITK's ``ReadImageInformation``, NIfTI and Analyze through nibabel
+    (as the engine reads them; both read the header only)."""
+    from ..data import io
+
+    io._check_exists(path)
+    suffix = io.suffix_of(path)
+    if suffix in io.NRRD_SUFFIXES:
+        import SimpleITK as sitk
+
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as exc:
+            raise MRHNetError(f"{path}: cannot be read as an image ({io._first_line(exc)})") from None
+        components = reader.GetNumberOfComponents()
+        shape = tuple(reader.GetSize()) + ((components,) if components > 1 else ())
+        if reader.GetDimension() < 3:
+            raise MRHNetError(f"{path}: is a {reader.GetDimension()}D image of shape {shape}; a 3D volume is needed")
+        return _volume_shape(shape, path), io._sitk_to_affine(reader)
+    if suffix in io.NIFTI_SUFFIXES + io.ANALYZE_SUFFIXES:
+        import nibabel as nib
+
+        if suffix in io.ANALYZE_SUFFIXES:
+            io._check_exists(path.with_suffix(".img" if suffix == ".hdr" else ".hdr"))
+        try:
+            image = nib.load(str(path))
+        except Exception as exc:  # nibabel raises many types for damaged files
+            raise MRHNetError(f"{path}: cannot be read ({io._first_line(exc)}); is the file truncated or "
+                              "damaged?") from None
+        return _volume_shape(tuple(int(n) for n in image.shape), path), np.asarray(image.affine, dtype=float)
+    raise MRHNetError(f"{path}: unknown image format '{suffix}' (use .nii, .nii.gz, .hdr/.img, .nrrd or .nhdr)")
+
+
+def _volume_shape(shape: tuple[int, ...], path: Path) -> tuple[int, ...]:
+    """The shape :func:`~MRHNetLib.data.io.read_volume` makes of a file's (squeezed 5-D, single-volume 4D),
+    with its refusals of what is no 3D volume or 4D DWI."""
+    if len(shape) > 4:
+        shape = tuple(n for n in shape if n != 1)
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) < 3 or min(shape[:3]) < 1 or (len(shape) == 3 and sorted(shape)[0] == 1):
+        kind = f"a {len(shape)}D image" if len(shape) < 3 else "a single slice (2D)"
+        raise MRHNetError(f"{path}: is {kind} of shape {shape}; a 3D volume is needed")
+    if len(shape) > 4:
+        raise MRHNetError(f"{path}: is a {len(shape)}D image of shape {shape}; a 3D volume (or a 4D DWI) is needed")
+    return shape
+
+
+def _header_gradients(path: Path, role: str, affine: np.ndarray):
+    """A diffusion shell's gradients as :func:`~MRHNetLib.data.subject.load_subject` finds them: the
+    folder's ``<role>.bval``/``.bvec``, else a DWI NRRD's own keys (header only)."""
+    from ..data import io
+
+    bval = path.parent / f"{role}.bval"
+    if bval.exists():
+        return io.read_fsl_gradients(bval, bval.with_suffix(".bvec"), affine)
+    if io.suffix_of(path) in io.NRRD_SUFFIXES:
+        return io.read_nrrd_gradients(path)
+    raise MRHNetError(f"{path}: no b-values: give --bval/--bvec or a gradient table (looked for {role}.bval/.bvec)")
+
+
+def folder_header_subject(folder: str | os.PathLike, name: str | None = None):
+    """A subject folder read from its headers only (:func:`image_header`, gradient files): the roles, grids
+    and gradients :func:`~MRHNetLib.network.infer.check_subject` needs, without reading a voxel (the volumes
+    are read-only zero-stride arrays). Refuses what :func:`~MRHNetLib.data.subject.load_subject` refuses
+    for its shapes, grids and gradients."""
+    from ..data.protocol import DWI_ROLES
+    from ..data.subject import DWI, SCALAR_ROLES, Subject, _find
+    from ..data.io import Volume
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MRHNetError(f"{folder}: subject folder does not exist")
+    subject = Subject(name=name or folder.name)
+    for role in SCALAR_ROLES + DWI_ROLES:
+        path = _find(folder, role)
+        if path is None:
+            continue
+        shape, affine = image_header(path)
+        if role not in DWI_ROLES:
+            if len(shape) == 4:
+                raise MRHNetError(f"{path}: is 4D {shape}; a single 3D volume is needed here")
+            subject.images[role] = Volume(np.broadcast_to(np.float32(1), shape), affine, path.name)
+            continue
+        if len(shape) != 4:
+            raise MRHNetError(f"{path}: is 3D {shape}; a 4D diffusion-weighted image is needed")
+        grads = _header_gradients(path, role, affine)
+        if len(grads) != shape[3]:
+            raise MRHNetError(f"{path}: has {shape[3]} volumes but its gradient table lists {len(grads)} gradients")
+        subject.dwi[role] = DWI(Volume(np.broadcast_to(np.float32(1), shape), affine, path.name), grads)
+    if not subject.images and not subject.dwi:
+        raise MRHNetError(f"{folder}: no images found (expected t2w.nii.gz, mt_on.nii.gz, dwi_b2000.nii.gz, ...)")
+    return subject.check_grid()
 
 
 def read_subject_nodes(scene, folder: Path, name: str) -> Iterator[tuple[str, Any]]:

@@ -273,3 +273,143 @@ def test_the_slicer_panel_parameters_become_controller_requests(scene, phantom, 
                                       "Resources"), "MRHNet phantom brain", "MRHNetSampleBrain")
     assert shipped["uris"][0].startswith("file://")
     assert panel.sample_options(shipped["uris"][0][len("file://"):]) == {"size": "medium", "seed": 0}
+
+
+# --- subject folders: checked from their headers, run and evaluated by the child ---------------------------
+def _engine_problem(folder, model) -> str:
+    """What the engine says of a folder and a model: load_subject's or check_subject's one line ('' if it fits)."""
+    from pathlib import Path
+
+    from MRHNetLib.data.subject import load_subject
+    from MRHNetLib.network.infer import check_subject
+    from MRHNetLib.network.modelfile import read_info
+
+    try:
+        subject = load_subject(folder)
+    except MRHNetError as exc:
+        return str(exc)
+    try:
+        check_subject(subject, read_info(model))
+    except MRHNetError as exc:
+        return f"{Path(model).name}: {exc}"
+    return ""
+
+
+def _no_voxels_read(monkeypatch):
+    """Make every way the engine reads voxels fail (nibabel's array proxy, SimpleITK's ReadImage)."""
+    import SimpleITK
+    from nibabel.arrayproxy import ArrayProxy
+
+    from MRHNetLib.data import io
+
+    def refuse(*args, **kwargs):
+        pytest.fail("voxels were read for a model check")
+
+    for owner, name in ((ArrayProxy, "__array__"), (ArrayProxy, "__getitem__"), (ArrayProxy, "get_unscaled"),
+                        (SimpleITK, "ReadImage"), (io, "read_volume"), (io, "read_dwi")):
+        monkeypatch.setattr(owner, name, refuse)
+
+
+def test_folder_inputs_are_checked_from_headers_with_the_engines_messages(phantom, tiny_models, tmp_path,
+                                                                           monkeypatch):
+    import os
+    import shutil
+
+    from MRHNetLib.data.protocol import default_protocol
+    from MRHNetLib.network.model import MRHNet
+    from MRHNetLib.network.modelfile import ModelInfo, save_model
+
+    folder = phantom.save(tmp_path / "mouse")
+    other = default_protocol(n_dirs=10)
+    other_model = str(save_model(tmp_path / "other.mrhnet", MRHNet(other.n_channels, depth=0, width=8),
+                                 ModelInfo(other, depth=0, target="af", width=8)))
+    no_b5000 = tmp_path / "no_b5000"
+    shutil.copytree(folder, no_b5000)
+    (no_b5000 / "dwi_b5000.nii.gz").unlink()
+    off_grid = tmp_path / "off_grid"
+    shutil.copytree(folder, off_grid)
+    from MRHNetLib.data.io import write_volume
+
+    write_volume(off_grid / "mt_on.nii.gz", phantom.images["mt_on"].with_data(phantom.images["mt_on"].data[:-2]))
+    cases = [(folder, tiny_models["af"]), (folder, other_model), (no_b5000, tiny_models["af"]),
+             (off_grid, tiny_models["af"])]
+    expected = [_engine_problem(f, m) for f, m in cases]
+    assert expected[0] == "" and all(expected[1:]), expected
+
+    controller = Controller(None)
+    _no_voxels_read(monkeypatch)
+    for (f, model), problem in zip(cases, expected):
+        assert controller.check(Inputs(folder=str(f)), [model]) == ([problem] if problem else []), f
+    assert "dwi_b5000" in expected[2] and "mt_on.nii.gz" in expected[3]
+
+    # cached like the node checks: the headers are read again only when a file changes
+    from MRHNetLib.gui import controller as ctl
+
+    calls = []
+    real = ctl.folder_header_subject
+    monkeypatch.setattr(ctl, "folder_header_subject", lambda *a, **k: calls.append(a) or real(*a, **k))
+    inputs = Inputs(folder=str(folder))
+    for _ in range(3):
+        assert controller.check(inputs, [other_model]) == [expected[1]]
+    assert len(calls) == 1
+    stat = (folder / "t2w.nii.gz").stat()
+    os.utime(folder / "t2w.nii.gz", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    controller.check(inputs, [other_model])
+    assert len(calls) == 2
+
+
+def test_folder_header_subject_matches_the_loaded_subject(phantom, tmp_path, monkeypatch):
+    """NIfTI with .bval/.bvec and a Slicer DWI NRRD with its own gradients: the header subject has the
+    loaded subject's shapes, affines and gradients."""
+    from MRHNetLib.data.io import write_dwi_nrrd
+    from MRHNetLib.data.subject import load_subject
+    from MRHNetLib.gui.controller import folder_header_subject
+
+    folder = phantom.save(tmp_path / "mouse")
+    b5000 = phantom.dwi["dwi_b5000"]
+    for name in ("dwi_b5000.nii.gz", "dwi_b5000.bval", "dwi_b5000.bvec"):
+        (folder / name).unlink()
+    write_dwi_nrrd(folder / "dwi_b5000.nrrd", b5000.volume, b5000.gradients)
+    loaded = load_subject(folder)
+    _no_voxels_read(monkeypatch)
+    header = folder_header_subject(folder)
+    assert set(header.images) == set(loaded.images) and set(header.dwi) == set(loaded.dwi)
+    for role in list(loaded.images) + list(loaded.dwi):
+        assert header.get(role).data.shape == loaded.get(role).data.shape, role
+        np.testing.assert_allclose(header.get(role).affine, loaded.get(role).affine, atol=1e-6)
+    for role, dwi in loaded.dwi.items():
+        np.testing.assert_allclose(header.dwi[role].gradients.bvals, dwi.gradients.bvals, atol=1e-3)
+        np.testing.assert_allclose(header.dwi[role].gradients.bvecs, dwi.gradients.bvecs, atol=1e-5)
+    assert header.protocol().describe() == loaded.protocol().describe()
+
+
+def test_folder_prediction_with_its_evaluation_from_the_child(scene, phantom, tiny_models, tmp_path):
+    """A subject folder runs as it is (nothing written for it), outputs follow the T2w node shown, and the
+    child's evaluation against the folder's histology comes back as the controller's report."""
+    from MRHNetLib.data.subject import load_subject
+    from MRHNetLib.network.infer import predict
+
+    folder = phantom.save(tmp_path / "mouse")
+    work = tmp_path / "work"
+    work.mkdir()
+    t2w = sc.add_volume_node(scene, load_subject(folder).images["t2w"], "mouse")
+    controller = Controller(scene, workroot=work)
+    controller.predict(Inputs(folder=str(folder), source=t2w), [tiny_models["af"], tiny_models["nf"]], device="cpu",
+                       evaluate=True)
+    assert controller.task.spec["subject"] == str(folder) and controller.task.spec["evaluate"] is True
+    events = _run(controller, timeout=180)
+    outputs = events[-1].payload
+    assert set(outputs) == {"af", "nf"} and outputs["af"].GetName() == "mouse MRH-AF"
+    expected = predict(load_subject(folder), [tiny_models["af"]], device="cpu")["af"]
+    np.testing.assert_allclose(sc.volume_from_node(outputs["af"]).data, expected.data, rtol=1e-5, atol=1e-6)
+    report = controller.evaluation
+    assert set(report.summary["targets"]) == {"af", "nf"} and not report.problem
+    assert "FA" in report.summary["targets"]["af"]["markers"]
+    assert report.figure.startswith(b"\x89PNG")
+    assert max(e.fraction for e in events if e.kind == "progress" and "evaluat" not in e.message) <= 1.0
+    assert list(work.iterdir()) == [] and sorted(p.name for p in folder.iterdir()) == sorted(
+        p.name for p in phantom.save(tmp_path / "again").iterdir())  # nothing written into the folder
+
+    controller.predict(Inputs(folder=str(folder), source=t2w), [tiny_models["af"]], device="cpu")
+    controller.wait(timeout=120)
+    assert controller.evaluation is None  # only when asked for
