@@ -3,7 +3,11 @@
 The page has a panel like the Slicer module's (subject, models, device, Run / Cancel with progress, the
 protocol check's errors, overlay choice and opacity, evaluation, save) next to axial, coronal and
 sagittal slice views of a real MRML scene (T2w background, virtual stain as coloured overlay) and an
-optional 3D view. Scene and display code is shared with the Slicer module (:mod:`MRHNetLib.gui.scene`).
+optional 3D view. What the panel does goes through the GUI controller the Slicer module uses
+(:class:`MRHNetLib.gui.controller.Controller`): the model checks, the sample brain, the run and its
+evaluation, each as ``mrhnet job`` in a child process, and the outputs as overlay volumes. An asyncio task
+on the server loop polls the controller every :data:`POLL_S` seconds and updates the page, so the page
+never freezes and the server process never runs the engine.
 
 Security: every HTTP request (the page, its files, the websocket that carries the state and the views)
 must carry the app's secret token (``?token=``, a cookie set by the first visit with it, or an
@@ -12,10 +16,6 @@ must carry the app's secret token (``?token=``, a cookie set by the first visit 
 without a token (:func:`access_token`), and it reads and writes files only inside the data folder it was
 started with: every path that comes from the page goes through :func:`resolve_in`, which refuses absolute
 paths, ``..`` and symlinks that leave the folder.
-
-Long work (loading a subject, simulating the brain, inference) runs in a background thread
-(:mod:`MRHNetLib.gui.jobs`); an asyncio task on the server loop reads its progress and updates the page, so
-the page never freezes. The scene is only touched from the server loop.
 """
 from __future__ import annotations
 
@@ -25,20 +25,19 @@ import hmac
 import os
 import secrets
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import MRHNetError
 
 SIMULATED = "@simulated"  # subject choice value of the built-in simulated brain
 SIMULATED_TITLE = "Simulated brain (built in)"
-SIMULATED_BRAIN = "C1"  # which anatomy the simulated brain follows (see MRHNetLib.simulation.phantom)
+SIMULATED_NAME = "simulated brain"  # its node names in the scene (and of its maps)
 SHIPPED_PREFIX = "shipped:"
 DATA_PREFIX = "data:"
-OUTPUT_PATTERN = "mrh_{target}.nii.gz"  # saved map file names inside the subject folder
-SIM_FOLDER = "simulated_brain"  # where the simulated brain's maps are saved, under the data folder
+MAPS_FOLDER = "maps"  # saved maps go into <subject folder>/maps/<target>.nii.gz, as `mrhnet predict --out` names them
+SIM_FOLDER = "simulated_brain"  # stands for the subject folder of the simulated brain, under the data folder
 MAX_DEPTH = 3  # how deep subject / model folders are searched under the data folder
-POLL_S = 0.2
-CHUNK_VOXELS = 1024  # voxels per inference chunk: a progress report (and a chance to cancel) after each
+POLL_S = 0.1  # how often the server loop polls the controller
 LOOPBACK = ("127.0.0.1", "localhost", "::1")  # the addresses served without a token on --no-token
 TOKEN_ENV = "MRHNET_APP_TOKEN"  # the token from the environment (does not show in ps, unlike --token)
 TOKEN_PARAM = "token"  # ?token=... in the printed URL
@@ -109,15 +108,21 @@ def list_model_folders(root: str | os.PathLike) -> list[str]:
     return found
 
 
+def maps_folder(root: str | os.PathLike, subject_folder: Path | None) -> Path:
+    """Where the maps of a subject are saved: ``maps/`` in its folder (the simulated brain's in
+    ``simulated_brain/maps/``), refused when that leads outside the data folder ``root``."""
+    base = Path(root).resolve()
+    subject = SIM_FOLDER if subject_folder is None else _relative(base, Path(subject_folder).resolve())
+    return resolve_in(base, f"{subject}/{MAPS_FOLDER}")
+
+
 def save_maps(folder: str | os.PathLike, maps: dict[str, Any], inputs: set[Path] = frozenset()) -> list[Path]:
-    """Write each map to ``folder/mrh_<target>.nii.gz`` atomically (:func:`MRHNetLib.network.infer.write_maps`);
-    refuse to replace any of ``inputs``. Every path is checked before the first file is written."""
+    """Write each map as ``folder/<key>.nii.gz``, the names ``mrhnet predict`` writes, atomically
+    (:func:`MRHNetLib.network.infer.write_maps`); refuse to replace any of ``inputs``. Every path is checked
+    before the first file is written."""
     from ..network.infer import write_maps
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    written = write_maps(maps, {t: folder / OUTPUT_PATTERN.format(target=t) for t in maps}, protect=list(inputs))
-    return list(written.values())
+    return list(write_maps(maps, Path(folder), protect=list(inputs)).values())
 
 
 def subject_files(folder: Path) -> set[Path]:
@@ -136,32 +141,20 @@ def available_devices() -> list[str]:
     return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def evaluation(subject, maps: dict[str, Any], progress=None) -> tuple[list[list[str]], bytes] | None:
-    """The evaluation report of ``maps`` against the subject's own histology (:mod:`MRHNetLib.evaluation.evaluate`)
-    as table rows and a PNG figure; None when the subject has no truth for any map."""
-    import tempfile
-
-    from ..evaluation.evaluate import MARKERS, evaluate, figure
-
-    chosen = {t: v for t, v in maps.items() if not t.endswith("_std") and t in subject.targets()}
-    if not chosen:
-        return None
-    # MD only when the subject has it: deriving it is a DTI fit, too slow to run after every Run
-    markers = [m for m in MARKERS if m != "md" or "md" in subject.images]
-    ev = evaluate(chosen, subject=subject, markers=markers, progress=progress)
+def evaluation_rows(summary: dict[str, Any]) -> list[list[str]]:
+    """The page's evaluation table from an evaluation summary (:func:`MRHNetLib.evaluation.evaluate.evaluate`):
+    SSIM, r and AUC of each network map, r and AUC of each single marker."""
     rows = [["map", "SSIM", "r", "AUC"]]
-    for target, entry in ev.summary["targets"].items():
+    for target, entry in summary.get("targets", {}).items():
         n = entry["network"]
         rows.append([f"{target.upper()} network", _fmt(n["ssim"]), _fmt(n["pearson_r"]), _fmt(n["auc"])])
         for name, m in entry["markers"].items():
             rows.append([f"{name} alone ({m['sign']})", "", _fmt(m["pearson_r"]), _fmt(m["auc"])])
-    with tempfile.TemporaryDirectory() as tmp:  # the server's own temporary folder, never the data folder
-        png = figure(ev, Path(tmp) / "report.png").read_bytes()
-    return rows, png
+    return rows
 
 
-def _fmt(x: float | None, digits: int = 3) -> str:
-    return "-" if x is None or x != x else f"{x:.{digits}f}"
+def _fmt(x: float | str | None, digits: int = 3) -> str:
+    return "-" if not isinstance(x, (int, float)) or x != x else f"{x:.{digits}f}"
 
 
 def figure_data_url(png: bytes) -> str:
@@ -170,7 +163,8 @@ def figure_data_url(png: bytes) -> str:
 
 # --- the app ---------------------------------------------------------------------------------------------
 class WebApp:
-    """One trame server with a Slicer scene, the MRHNet panel and the slice views, serving ``data_dir``."""
+    """One trame server with a Slicer scene, the MRHNet panel and the slice views, serving ``data_dir``;
+    its work goes through one :class:`~MRHNetLib.gui.controller.Controller` on that scene."""
 
     def __init__(self, data_dir: str | os.PathLike, subject: str | None = None, server=None,
                  simulated_size: str = "small"):
@@ -180,6 +174,8 @@ class WebApp:
         from trame_slicer.core import LayoutManager, SlicerApp
         from trame_slicer.rca_view import register_rca_factories
         from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
+
+        from .controller import Controller
 
         self.root = Path(data_dir).resolve()
         if not self.root.is_dir():
@@ -199,12 +195,13 @@ class WebApp:
             Layout(LayoutDirection.Horizontal, [ViewLayoutDefinition.threed_view()])]), lazy_initialization=True)
         self.layouts.set_layout("slices")
 
-        self._subject = None  # the loaded Subject
-        self._subject_folder: Path | None = None
-        self._background = None  # T2w volume node
-        self._outputs: dict[str, Any] = {}  # target -> output volume node
-        self._maps: dict[str, Any] = {}  # target -> Volume (for saving)
-        self._job = None
+        self.controller = Controller(self.slicer.scene)
+        self._inputs = None  # the controller Inputs of the subject shown
+        self._subject_folder: Path | None = None  # its folder (None: the simulated brain)
+        self._background = None  # its T2w volume node
+        self._sample: dict[str, Any] = {}  # the simulated brain's nodes, once loaded
+        self._outputs: dict[str, Any] = {}  # map key -> output volume node
+        self._watcher = None  # the asyncio task that polls the controller
         self._choice: str | None = None  # the subject choice being loaded or shown
         self._shown: str | None = None  # the subject choice shown
 
@@ -240,10 +237,8 @@ class WebApp:
         s.change("show_3d")(lambda show_3d, **_: self._set_3d(bool(show_3d)))
 
     def _model_items(self) -> tuple[list[dict], list[str]]:
-        from ..network.catalog import list_models
-
         items, default = [], []
-        for e in list_models():
+        for e in self.controller.catalogue():
             value = SHIPPED_PREFIX + e.name
             items.append({"title": f"{e.name} ({e.target.upper()}, {e.kind})", "value": value})
             if e.kind == "demo":
@@ -256,10 +251,8 @@ class WebApp:
 
     def model_path(self, value: str) -> Path:
         """Path of a model choice; data-folder models are resolved inside the data folder only."""
-        from ..network.catalog import list_models
-
         if value.startswith(SHIPPED_PREFIX):  # only the catalog's own names, never a path
-            for entry in list_models():
+            for entry in self.controller.catalogue():
                 if entry.name == value[len(SHIPPED_PREFIX):]:
                     return entry.path
             raise MRHNetError(f"{value[len(SHIPPED_PREFIX):]}: no such shipped model")
@@ -323,66 +316,65 @@ class WebApp:
                     self.layouts.initialize_layout_grid(layout)
         self.ui = layout
 
-    # --- background work --------------------------------------------------------------------------------
-    def _start(self, label: str, work: Callable, on_done: Callable[[Any], None],
-               on_fail: Callable[[], None] | None = None) -> None:
-        """Run ``work(progress)`` in the background; ``on_done(result)`` (or ``on_fail()`` after a failure
-        or cancel) runs later on the server loop."""
+
+    # --- the controller's job, followed from the server loop ---------------------------------------------
+    def _follow(self) -> None:
+        """Poll the controller from an asyncio task on the server loop until its job ends (one task)."""
         from trame_server.utils.asynchronous import create_task
 
-        from .jobs import start_job
+        if self._watcher is None or self._watcher.done():
+            self._watcher = create_task(self._watch())
 
-        self.state.error, self.state.progress, self.state.status = "", 0.0, label
-        self._job = start_job(work)
-        create_task(self._watch(self._job, on_done, on_fail or (lambda: None)))
-
-    async def _watch(self, job, on_done: Callable[[Any], None], on_fail: Callable[[], None]) -> None:
+    async def _watch(self) -> None:
         import asyncio
 
-        from ..errors import Cancelled
-
-        while not job.done:
-            if self._job is not job:  # superseded (a new subject was chosen while loading)
-                job.cancel()
-                return
-            fraction, message = job.progress
-            if job.finished:
-                break
-            with self.state:
-                self.state.progress = fraction
-                if message:
-                    self.state.status = message
+        while self.controller.busy:
+            events = self.controller.poll()
+            if events:
+                with self.state:
+                    for event in events:
+                        self._on_event(event)
             await asyncio.sleep(POLL_S)
-        if self._job is not job:
+
+    def _on_event(self, event) -> None:
+        """Show one event of the controller's job on the page; the final one ends the job there."""
+        if event.kind == "progress":
+            self.state.progress, self.state.status = event.fraction, event.message or self.state.status
             return
-        with self.state:
-            self._job = None
-            self.state.running = self.state.loading = False
-            try:
-                result = job.result()
-            except Cancelled:
-                self.state.status, self.state.progress = "cancelled", 0.0
-                on_fail()
-                return
-            except Exception as exc:  # MRHNetError, or an engine bug: shown instead of lost
-                self.state.status, self.state.error = "failed", str(exc)
-                on_fail()
-                return
+        if event.kind not in ("done", "failed", "cancelled"):
+            return
+        kind = self.controller.last
+        self.state.running = self.state.loading = False
+        if event.kind == "done":
             self.state.progress = 1.0
             try:
-                on_done(result)
+                (self._sample_loaded if kind == "sample" else self._show_outputs)(event.payload)
             except Exception as exc:  # noqa: BLE001 - shown on the page, the server goes on
-                self.state.status, self.state.error = "failed", str(exc) if isinstance(exc, MRHNetError) \
-                    else f"{type(exc).__name__}: {exc}"
+                from ..errors import error_message
+
+                self.state.status, self.state.error = "failed", error_message(exc)
+            return
+        self.state.progress = 0.0
+        self.state.status = "cancelled" if event.kind == "cancelled" else "failed"
+        if event.kind == "failed":
+            self.state.error = event.message
+        if kind == "sample":
+            self._back_to_shown()
 
     def cancel(self) -> None:
-        if self._job is not None:
-            self._job.cancel()
-            self.state.status = "cancelling..."
+        """Cancel the controller's job (its child ends within a second; nothing is published)."""
+        kind = self.controller.kind
+        if not self.controller.cancel():
+            return
+        self.state.running = self.state.loading = False
+        self.state.status, self.state.progress = "cancelled", 0.0
+        if kind == "sample":
+            self._back_to_shown()
 
     # --- subject ----------------------------------------------------------------------------------------
     def _on_subject(self, choice: str) -> None:
-        """Load the chosen subject (or simulate the brain) in the background, then show it."""
+        """Show the chosen subject: a folder's T2w at once, the simulated brain once the controller's child
+        has simulated it."""
         if choice == self._choice:
             return
         try:
@@ -395,133 +387,153 @@ class WebApp:
             self.state.error = str(exc)
             self.state.subject = self._choice  # back to the subject that is shown
             return
+        if self.controller.kind == "sample":  # superseded
+            self.controller.cancel()
+            self.state.loading = False
         self._choice = choice
-        if self._job is not None:
-            self._job.cancel()
-        self.state.loading = True
-        size = self.simulated_size
+        if folder is None:
+            self._load_sample()
+            return
+        try:
+            self._show_folder(folder)
+        except MRHNetError as exc:
+            self.state.error = str(exc)
+            self._back_to_shown()
 
-        def work(progress):
-            if folder is None:
-                from ..simulation.phantom import simulate_subject
+    def _back_to_shown(self) -> None:
+        self._choice = self._shown
+        self.state.subject = self._shown
 
-                return simulate_subject(SIMULATED_BRAIN, seed=0, size=size, progress=progress)
-            from ..data.subject import load_subject
+    def _load_sample(self) -> None:
+        """The simulated brain: simulated once by the controller's child, its nodes reused afterwards."""
+        if self._sample and all(node.GetScene() is not None for node in self._sample.values()):
+            self._sample_loaded(self._sample)
+            return
+        self.state.error, self.state.progress = "", 0.0
+        self.state.status, self.state.loading = "loading the simulated brain...", True
+        self.controller.load_sample(size=self.simulated_size, name=SIMULATED_NAME)
+        self._follow()
 
-            return load_subject(folder)
+    def _sample_loaded(self, nodes: dict[str, Any]) -> None:
+        from ..data.protocol import TARGET_ROLES
+        from .controller import INPUT_ROLES, Inputs
 
-        def done(subject) -> None:
-            self._set_subject(subject, folder)
-            self._shown = choice
+        self._sample = dict(nodes)
+        inputs = Inputs({r: nodes[r] for r in INPUT_ROLES if r in nodes}, mask=nodes.get("mask"),
+                        targets={t: nodes[t] for t in TARGET_ROLES if t in nodes})
+        self._set_subject(inputs, None, nodes["t2w"], SIMULATED)
 
-        def failed() -> None:
-            self._choice = self._shown
-            self.state.subject = self._shown
+    def _show_folder(self, folder: Path) -> None:
+        """A subject folder: its T2w (the one file read here) as the background; the controller checks and
+        runs the folder itself."""
+        from ..data.io import read_volume
+        from ..data.subject import Subject, _find
+        from .controller import Inputs
+        from .scene import show_subject
 
-        self._start(f"loading {'the simulated brain' if folder is None else choice}...", work, done, failed)
+        path = _find(folder, "t2w")
+        if path is None:
+            raise MRHNetError(f"{_relative(self.root, folder)}: no t2w image in this folder")
+        node = show_subject(self.slicer.scene, Subject({"t2w": read_volume(path, allow_4d=False)}, name=folder.name))
+        self._set_subject(Inputs(folder=str(folder), source=node), folder, node, _relative(self.root, folder))
 
-    def _set_subject(self, subject, folder: Path | None) -> None:
-        from . import scene
+    def _set_subject(self, inputs, folder: Path | None, background, choice: str) -> None:
+        from .scene import show_overlay
 
-        self._subject, self._subject_folder = subject, folder
+        self._inputs, self._subject_folder, self._background = inputs, folder, background
+        self._shown, self.state.error = choice, ""
         self._clear_outputs()
-        self._background = scene.show_subject(self.slicer.scene, subject)
-        scene.show_overlay(self.slicer.scene, None, self._background, float(self.state.opacity))
+        show_overlay(self.slicer.scene, None, background, float(self.state.opacity))
         self.slicer.display_manager.reset_views()
-        self.state.status = f"{subject.name}: loaded"
+        self.state.status = f"{background.GetName()}: loaded"
         self._check_models()
         self.render_views()
 
-    def _check_models(self) -> None:
-        """The protocol check of every chosen model against the subject, shown before running."""
-        from ..network.modelfile import load_model
-        from .scene import model_problems
+    def _chosen_models(self) -> tuple[list[str], list[str]]:
+        """(paths of the chosen models, problems with the choices)."""
+        models, problems = [], []
+        for value in self.state.selected_models or []:
+            try:
+                models.append(str(self.model_path(value)))
+            except MRHNetError as exc:
+                problems.append(str(exc))
+        return models, problems
 
-        errors = []
-        if self._subject is not None:
-            for value in self.state.selected_models or []:
-                try:
-                    errors += model_problems(self._subject, [load_model(self.model_path(value))])
-                except MRHNetError as exc:
-                    errors.append(str(exc))
-        self.state.check_errors = errors
+    def _check_models(self) -> None:
+        """The protocol check of every chosen model against the subject (the controller's, from headers),
+        shown before running."""
+        if self._inputs is None:
+            self.state.check_errors = []
+            return
+        models, problems = self._chosen_models()
+        self.state.check_errors = problems + self.controller.summary(self._inputs, models)[1]
 
     # --- run --------------------------------------------------------------------------------------------
     def run(self) -> None:
-        """Run the chosen models on the subject in the background; outputs replace the previous ones."""
-        if self._subject is None or self.state.running or self.state.loading:
+        """Run the chosen models on the subject in the controller's child process, evaluated against the
+        subject's histology when it has some; outputs replace the previous ones."""
+        if self._inputs is None or self.state.running or self.state.loading:
             return
+        models, problems = self._chosen_models()
         try:
-            from ..network.modelfile import load_model
-
-            models = [load_model(self.model_path(v)) for v in self.state.selected_models]
-            if not models:
-                raise MRHNetError("choose at least one model")
+            if problems:
+                raise MRHNetError(problems[0])
             if self.state.device not in self.state.devices:
                 raise MRHNetError(f"{self.state.device}: device not available here")
+            self.controller.predict(self._inputs, models, device=self.state.device, opacity=float(self.state.opacity),
+                                    evaluate=True)
         except MRHNetError as exc:
             self.state.error = str(exc)
+            self._check_models()
             return
-        self._check_models()
-        if self.state.check_errors:
-            return
-        subject, device = self._subject, self.state.device
-        self.state.running, self.state.saved = True, ""
+        self.state.running, self.state.saved, self.state.error = True, "", ""
+        self.state.progress, self.state.status = 0.0, f"running {len(models)} model(s)..."
+        self._follow()
 
-        def work(progress):
-            from ..network.infer import predict
-
-            maps = predict(subject, models, device=device, progress=progress.sub(0.0, 0.85),
-                           chunk_voxels=CHUNK_VOXELS)
-            return maps, evaluation(subject, maps, progress.sub(0.85, 1.0))
-
-        self._start(f"running {len(models)} model(s) on {subject.name}...", work, self._show_outputs)
-
-    def _show_outputs(self, result: tuple[dict, tuple[list, bytes] | None]) -> None:
-        from . import scene
-
-        maps, report = result
-        self._maps = dict(maps)
-        self._outputs = scene.set_outputs(self.slicer.scene, self._background, maps)
+    def _show_outputs(self, outputs: dict[str, Any]) -> None:
+        self._outputs = dict(outputs)
         targets = list(self._outputs)
         self.state.overlays = [{"title": t.upper(), "value": t} for t in targets]
         if self.state.overlay not in targets:
             self.state.overlay = targets[0] if targets else None
         self._show_overlay()
-        rows, png = report or ([], b"")
-        self.state.eval_rows, self.state.eval_figure = rows, figure_data_url(png) if png else ""
+        report = self.controller.evaluation
+        self.state.eval_rows = evaluation_rows(report.summary) if report and report.summary else []
+        self.state.eval_figure = figure_data_url(report.figure) if report and report.figure else ""
+        if report and report.problem:
+            self.state.error = report.problem
         self.state.status = f"done: {', '.join(t.upper() for t in targets)}"
         self.state.runs += 1
 
     def _clear_outputs(self) -> None:
-        from . import scene
+        from .scene import remove_outputs
 
-        scene.remove_outputs(self.slicer.scene)
-        self._outputs, self._maps = {}, {}
+        remove_outputs(self.slicer.scene)
+        self._outputs = {}
         self.state.overlays, self.state.overlay = [], None
         self.state.eval_rows, self.state.eval_figure, self.state.saved = [], "", ""
 
     def _show_overlay(self) -> None:
-        from . import scene
+        from .scene import show_overlay
 
         if self._background is None:
             return
-        scene.show_overlay(self.slicer.scene, self._outputs.get(self.state.overlay), self._background,
-                           float(self.state.opacity))
+        show_overlay(self.slicer.scene, self._outputs.get(self.state.overlay), self._background,
+                     float(self.state.opacity))
         self.render_views()
 
     # --- save -------------------------------------------------------------------------------------------
     def save(self) -> None:
-        """Write the maps into the subject folder (the simulated brain's into ``simulated_brain/``)."""
-        if not self._maps:
+        """Write the maps as ``<target>.nii.gz`` into ``maps/`` of the subject folder (the simulated brain's
+        into ``simulated_brain/maps/``), never over an input file."""
+        from .scene import volume_from_node
+
+        if not self._outputs:
             return
         try:
-            if self._subject_folder is None:
-                folder, inputs = resolve_in(self.root, SIM_FOLDER), set()
-            else:
-                folder = resolve_in(self.root, _relative(self.root, self._subject_folder))
-                inputs = subject_files(folder)
-            paths = save_maps(folder, self._maps, inputs)
+            folder = maps_folder(self.root, self._subject_folder)
+            inputs = subject_files(self._subject_folder) if self._subject_folder is not None else set()
+            paths = save_maps(folder, {key: volume_from_node(node) for key, node in self._outputs.items()}, inputs)
         except (MRHNetError, OSError) as exc:
             self.state.error = str(exc)
             return

@@ -3,7 +3,8 @@ real browser (the system chromium through playwright) on the simulated brain.
 
 The browser test starts ``mrhnet app`` as a subprocess on a free loopback port, runs the simulated brain
 through the models, and analyses screenshot pixels of the real Slicer slice views: greyscale before a run
-and after a cancelled run, coloured overlay inside the brain and greyscale outside it after a run.
+and after a cancelled run, coloured overlay inside the brain and greyscale outside it after a run. The run
+is a ``mrhnet job`` child process of the app (the GUI controller's), gone after Cancel.
 
 Access: the page, its files and its websocket are refused without the app's token (HTTP and websocket
 clients against the real app, and the browser); a non-loopback address is never served without a token.
@@ -24,9 +25,9 @@ import numpy as np
 import pytest
 
 from MRHNetLib.errors import MRHNetError
-from MRHNetLib.gui.webapp import (OUTPUT_PATTERN, SIM_FOLDER, TOKEN_ENV, access_token, access_url,
-                                  list_model_folders, list_subjects, resolve_in, save_maps, subject_files,
-                                  token_cookie)
+from MRHNetLib.gui.webapp import (MAPS_FOLDER, SIM_FOLDER, TOKEN_ENV, access_token, access_url,
+                                  list_model_folders, list_subjects, maps_folder, resolve_in, save_maps,
+                                  subject_files, token_cookie)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -70,23 +71,33 @@ def test_listing_stays_inside_the_data_folder(tmp_path):
 
 
 def test_save_maps_is_atomic_and_never_overwrites_an_input(tmp_path):
+    """Maps are saved under mrhnet predict's names (``<target>.nii.gz``), never over a subject's input."""
     from MRHNetLib.data.io import Volume, read_volume
 
     folder = tmp_path / "mouse"
     folder.mkdir()
     vol = Volume(np.random.default_rng(0).random((4, 5, 6)).astype(np.float32), np.diag([0.1, 0.1, 0.1, 1.0]))
     (folder / "t2w.nii.gz").write_bytes(b"input")
-    paths = save_maps(folder, {"af": vol, "nf": vol}, subject_files(folder))
-    assert [p.name for p in paths] == [OUTPUT_PATTERN.format(target=t) for t in ("af", "nf")]
+    paths = save_maps(folder / MAPS_FOLDER, {"af": vol, "af_std": vol}, subject_files(folder))
+    assert [p.name for p in paths] == ["af.nii.gz", "af_std.nii.gz"]
     np.testing.assert_allclose(read_volume(paths[0]).data, vol.data, rtol=1e-6)
-    assert not [p for p in folder.iterdir() if p.name.startswith(".") or p.name.endswith(".tmp")]
-    # a file that is an input of the subject is never replaced, and then nothing at all is written
-    (folder / OUTPUT_PATTERN.format(target="mbp")).write_bytes(b"an input")
-    before = {p.name: p.read_bytes() for p in folder.iterdir()}
-    inputs = {folder / OUTPUT_PATTERN.format(target="mbp")}
+    assert not [p for p in (folder / MAPS_FOLDER).iterdir() if p.name.startswith(".") or p.name.endswith(".tmp")]
+    # histology of the subject is an input: never replaced, and then nothing at all is written
+    (folder / "mbp.nii.gz").write_bytes(b"an input")
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
     with pytest.raises(MRHNetError, match="input"):
-        save_maps(folder, {"af": vol, "mbp": vol}, inputs)
-    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+        save_maps(folder, {"af": vol, "mbp": vol}, subject_files(folder))
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+
+
+def test_maps_are_saved_inside_the_data_folder_only(tmp_path):
+    data, outside = _data_folder(tmp_path)
+    assert maps_folder(data, data / "mouse1") == (data / "mouse1" / MAPS_FOLDER).resolve()
+    assert maps_folder(data, None) == (data / SIM_FOLDER / MAPS_FOLDER).resolve()
+    assert maps_folder(data, data) == (data / MAPS_FOLDER).resolve()
+    (data / "group" / "mouse2" / MAPS_FOLDER).symlink_to(outside, target_is_directory=True)
+    with pytest.raises(MRHNetError, match="refused"):
+        maps_folder(data, data / "group" / "mouse2")
 
 
 def test_app_on_a_subject_folder_and_model_choices_stay_inside(tmp_path):
@@ -104,6 +115,58 @@ def test_app_on_a_subject_folder_and_model_choices_stay_inside(tmp_path):
     for bad in ("data:../elsewhere.mrhnet", f"data:{outside}", f"shipped:{outside}", "shipped:../x", str(outside)):
         with pytest.raises(MRHNetError):
             app.model_path(bad)
+
+
+def test_app_runs_a_subject_folder_through_the_controller(tmp_path, monkeypatch):
+    """A subject folder of the data folder: checked from its headers (the server reads only its T2w), run and
+    evaluated in the controller's child, the maps saved as ``maps/<target>.nii.gz`` beside the inputs. The
+    server loop's polling is replaced by the controller's own wait here (no server runs)."""
+    import torch
+
+    from MRHNetLib.data import io
+    from MRHNetLib.data.protocol import default_protocol
+    from MRHNetLib.gui.webapp import WebApp
+    from MRHNetLib.network.model import MRHNet
+    from MRHNetLib.network.modelfile import ModelInfo, save_model
+    from MRHNetLib.simulation.phantom import simulate_subject
+
+    data = tmp_path / "data"
+    phantom = simulate_subject("C1", seed=1, size="small")
+    folder = phantom.save(data / "mouse")
+    protocol, other = phantom.protocol(), default_protocol(n_dirs=10)
+    torch.manual_seed(0)
+    for name, proto in (("af", protocol), ("other", other)):
+        save_model(data / "models" / f"{name}.mrhnet", MRHNet(proto.n_channels, depth=0, width=8),
+                   ModelInfo(proto, depth=0, target="af", width=8))
+    inputs_before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    app = WebApp(data)
+    monkeypatch.setattr(app, "_follow", lambda: None)
+    assert app.state.subject == "mouse"
+    read, real_read = [], io.read_volume
+    monkeypatch.setattr(io, "read_volume", lambda path, **k: read.append(Path(path).name) or real_read(path, **k))
+    app._on_subject("mouse")
+    assert app.state.status == "mouse: loaded" and read == ["t2w.nii.gz"]
+    app.state.selected_models = ["data:models/other.mrhnet"]
+    app._check_models()
+    assert len(app.state.check_errors) == 1 and "other.mrhnet: mouse vs model" in app.state.check_errors[0]
+    assert read == ["t2w.nii.gz"]  # the check read headers only
+
+    app.state.selected_models, app.state.device = ["data:models/af.mrhnet"], "cpu"
+    app._check_models()
+    assert app.state.check_errors == []
+    app.run()
+    assert app.state.running and app.controller.task.spec["subject"] == str(folder)
+    assert app.controller.task.spec["chunk_voxels"] is None  # the engine's default for the device
+    app.controller.wait(timeout=180, on_event=app._on_event)
+    assert not app.state.running and app.state.runs == 1 and not app.state.error, app.state.error
+    assert [o["value"] for o in app.state.overlays] == ["af"]
+    assert app.state.eval_rows[1][0] == "AF network" and app.state.eval_figure.startswith("data:image/png;base64,")
+
+    app.save()
+    assert app.state.saved == "saved mouse/maps/af.nii.gz"
+    saved = io.read_volume(folder / "maps" / "af.nii.gz")
+    np.testing.assert_allclose(saved.affine, phantom.images["t2w"].affine, atol=1e-5)
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == inputs_before
 
 
 # --- the app in a real browser ----------------------------------------------------------------------
@@ -181,6 +244,22 @@ class AppProcess:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+def _job_children(pid: int) -> list[int]:
+    """The ``python -m MRHNetLib job`` processes that process ``pid`` started (zombies left out)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat[1]) == pid and stat[0] != "Z" and b"MRHNetLib" in cmdline and b"job" in cmdline:
+            found.append(int(entry.name))
+    return found
 
 
 def _rgb(png: bytes) -> np.ndarray:
@@ -440,11 +519,14 @@ def test_webapp_in_a_real_browser(tmp_path):
             page.click("#run-button")
             page.wait_for_function("window.trame.state.get('running') && window.trame.state.get('progress') > 0",
                                    timeout=30_000)
+            jobs = _job_children(app.proc.pid)
+            assert len(jobs) == 1, "the run is not one `mrhnet job` child process of the app"
             t0 = time.time()
             page.click("#cancel-button")
             _wait_status(page, "cancelled", 10, app)
             cancel_s = time.time() - t0
             assert not _state(page, "overlays") and not _state(page, "running")
+            assert not Path(f"/proc/{jobs[0]}").exists() and not _job_children(app.proc.pid)
             time.sleep(0.5)
             for shot in _view_shots(page):
                 assert (_chroma(shot) <= GREY_CHROMA).mean() > 0.99
@@ -484,8 +566,8 @@ def test_webapp_in_a_real_browser(tmp_path):
             # save: maps written into the data folder, nothing else touched
             page.click("#save-button")
             page.wait_for_function("document.querySelector('#saved').innerText.includes('saved')", timeout=20_000)
-            saved = sorted(p.name for p in (data / SIM_FOLDER).iterdir())
-            assert saved == sorted(OUTPUT_PATTERN.format(target=t) for t in targets)
+            saved = sorted(p.name for p in (data / SIM_FOLDER / MAPS_FOLDER).iterdir())
+            assert saved == sorted(f"{t}.nii.gz" for t in targets)  # the names mrhnet predict writes
 
             # a request for a path outside the data folder is refused (and nothing is loaded from there)
             for bad in ("../outside", str(outside)):
