@@ -18,3 +18,22 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("shared MRH-Net seed data not present")
     return SHARED_DATA
+
+
+@pytest.fixture
+def scene():
+    """A real MRML scene (slicer-core) with the three slice views of an application layout."""
+    slicer = pytest.importorskip("slicer")
+    s = slicer.vtkMRMLScene()
+    slicer.mrmlScene = s  # slicer.util helpers use it
+    for _ in range(3):
+        s.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
+    return s
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    """The small simulated brain C1 (24 x 24 x 12, every input and histology)."""
+    from MRHNetLib.simulation.phantom import simulate_subject
+
+    return simulate_subject("C1", seed=0, size="small")

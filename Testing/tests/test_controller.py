@@ -19,22 +19,6 @@ from MRHNetLib.gui.controller import Controller, Inputs  # noqa: E402
 ROLES = ("t2w", "mt_on", "mt_off", "dwi_b2000", "dwi_b5000")
 
 
-@pytest.fixture
-def scene():
-    s = slicer.vtkMRMLScene()
-    slicer.mrmlScene = s
-    for _ in range(3):  # the three slice views of an application layout
-        s.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
-    return s
-
-
-@pytest.fixture(scope="module")
-def phantom():
-    from MRHNetLib.simulation.phantom import simulate_subject
-
-    return simulate_subject("C1", seed=0, size="small")
-
-
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory, phantom):
     import torch

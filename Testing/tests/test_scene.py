@@ -26,22 +26,6 @@ def rotated_affine() -> np.ndarray:
     return aff
 
 
-@pytest.fixture
-def scene():
-    s = slicer.vtkMRMLScene()
-    slicer.mrmlScene = s  # slicer.util helpers use it
-    for _ in range(3):  # the three slice views of an application layout
-        s.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
-    return s
-
-
-@pytest.fixture(scope="module")
-def phantom():
-    from MRHNetLib.simulation.phantom import simulate_subject
-
-    return simulate_subject("C1", seed=0, size="small")
-
-
 def test_volume_files_load_through_storage_nodes(scene, tmp_path):
     rng = np.random.default_rng(1)
     vol = Volume(rng.random((6, 7, 5)).astype(np.float32) + 0.5, rotated_affine(), "x")
