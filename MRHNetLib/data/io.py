@@ -157,20 +157,63 @@ def read_volume(path: str | os.PathLike, allow_4d: bool = True) -> Volume:
         affine = np.asarray(img.affine, dtype=float)
     else:
         raise MRHNetError(f"{path}: unknown image format '{suffix}' (use .nii, .nii.gz, .hdr/.img, .nrrd or .nhdr)")
-    data = np.squeeze(data) if data.ndim > 4 else data
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim < 3 or min(data.shape[:3]) < 1 or (data.ndim == 3 and sorted(data.shape)[0] == 1):
-        kind = f"a {data.ndim}D image" if data.ndim < 3 else "a single slice (2D)"
-        raise MRHNetError(f"{path}: is {kind} of shape {data.shape}; a 3D volume is needed")
-    if data.ndim > 4:
-        raise MRHNetError(f"{path}: is a {data.ndim}D image of shape {data.shape}; a 3D volume"
-                          f"{' (or a 4D DWI)' if allow_4d else ''} is needed")
-    if data.ndim == 4 and not allow_4d:
-        raise MRHNetError(f"{path}: is 4D {data.shape}; a single 3D volume is needed here")
+    data = data.reshape(volume_shape(data.shape, path, allow_4d))
     if data.size == 0:
         raise MRHNetError(f"{path}: image is empty")
     return Volume(_clean(data, path), affine, path.name)
+
+
+def volume_shape(shape: tuple[int, ...], path: Path, allow_4d: bool = True) -> tuple[int, ...]:
+    """The shape an image file's voxels are read as (5-D squeezed, a single-volume 4D made 3D), with the
+    refusals of what is no 3D volume (or, with ``allow_4d``, 4D DWI): one rule for reading and headers."""
+    if len(shape) > 4:
+        shape = tuple(n for n in shape if n != 1)
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) < 3 or min(shape[:3]) < 1 or (len(shape) == 3 and sorted(shape)[0] == 1):
+        kind = f"a {len(shape)}D image" if len(shape) < 3 else "a single slice (2D)"
+        raise MRHNetError(f"{path}: is {kind} of shape {shape}; a 3D volume is needed")
+    if len(shape) > 4:
+        raise MRHNetError(f"{path}: is a {len(shape)}D image of shape {shape}; a 3D volume"
+                          f"{' (or a 4D DWI)' if allow_4d else ''} is needed")
+    if len(shape) == 4 and not allow_4d:
+        raise MRHNetError(f"{path}: is 4D {shape}; a single 3D volume is needed here")
+    return shape
+
+
+def image_header(path: str | os.PathLike) -> tuple[tuple[int, ...], np.ndarray]:
+    """An image's shape and voxel-to-RAS affine as :func:`MRHNetLib.data.io.read_volume` gives them, from
+    its header alone: NRRD through SimpleITK's ``ReadImageInformation``, NIfTI and Analyze through nibabel
+    (as the engine reads them; both read the header only)."""
+    path = Path(path)
+    _check_exists(path)
+    suffix = suffix_of(path)
+    if suffix in NRRD_SUFFIXES:
+        import SimpleITK as sitk
+
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as exc:
+            raise MRHNetError(f"{path}: cannot be read as an image ({_first_line(exc)})") from None
+        components = reader.GetNumberOfComponents()
+        shape = tuple(reader.GetSize()) + ((components,) if components > 1 else ())
+        if reader.GetDimension() < 3:
+            raise MRHNetError(f"{path}: is a {reader.GetDimension()}D image of shape {shape}; a 3D volume is needed")
+        return volume_shape(shape, path), _sitk_to_affine(reader)
+    if suffix in NIFTI_SUFFIXES + ANALYZE_SUFFIXES:
+        import nibabel as nib
+
+        if suffix in ANALYZE_SUFFIXES:
+            _check_exists(path.with_suffix(".img" if suffix == ".hdr" else ".hdr"))
+        try:
+            image = nib.load(str(path))
+        except Exception as exc:  # nibabel raises many types for damaged files
+            raise MRHNetError(f"{path}: cannot be read ({_first_line(exc)}); is the file truncated or "
+                              "damaged?") from None
+        return volume_shape(tuple(int(n) for n in image.shape), path), np.asarray(image.affine, dtype=float)
+    raise MRHNetError(f"{path}: unknown image format '{suffix}' (use .nii, .nii.gz, .hdr/.img, .nrrd or .nhdr)")
 
 
 def _write_nibabel(img, files: dict[str, Path], compress: bool) -> None:

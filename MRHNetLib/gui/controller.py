@@ -4,7 +4,7 @@ One :class:`Controller` per scene owns what a front-end does beyond its widgets:
 
 * the **inputs** (:class:`Inputs`: scene nodes by role, or a subject folder) and the **model catalogue**
   with each model's description and its protocol check against the inputs (cached; from node or file
-  headers, no voxel is read: :func:`folder_header_subject`);
+  headers, no voxel is read: :func:`MRHNetLib.data.headers.folder_header_subject`);
 * **one job at a time** (prediction, training or the sample brain), run as ``mrhnet job`` in a child
   process (:mod:`MRHNetLib.gui.process`): the inputs are written to a private temporary folder one file
   per tick, the child is followed by :meth:`Controller.poll`, cancel ends it within a second and removes
@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import numpy as np
 
+from ..data.headers import folder_header_subject, folder_stamp
 from ..display import DEFAULT_OPACITY
 from ..errors import Cancelled, MRHNetError
 from . import scene as sc
@@ -386,113 +386,6 @@ def header_subject_of(inputs: Inputs):
     if inputs.folder is not None and not inputs.chosen():
         return folder_header_subject(inputs.folder, name=inputs.source.GetName() if inputs.source else None)
     return sc.header_subject(inputs.chosen(), inputs.gradients)
-
-
-def folder_stamp(folder: str | os.PathLike) -> tuple:
-    """(name, modification time, size) of every file in a folder: changes whenever a file does."""
-    try:
-        entries = [(p.name, p.stat()) for p in Path(folder).iterdir() if p.is_file()]
-    except OSError:
-        return ()
-    return tuple(sorted((name, st.st_mtime_ns, st.st_size) for name, st in entries))
-
-
-def image_header(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
-    """An image's shape and voxel-to-RAS affine as :func:`MRHNetLib.data.io.read_volume` gives them, from
-    its header alone: NRRD through SimpleITK's ``ReadImageInformation``, NIfTI and Analyze through nibabel
-    (as the engine reads them; both read the header only)."""
-    from ..data import io
-
-    io._check_exists(path)
-    suffix = io.suffix_of(path)
-    if suffix in io.NRRD_SUFFIXES:
-        import SimpleITK as sitk
-
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(path))
-        try:
-            reader.ReadImageInformation()
-        except RuntimeError as exc:
-            raise MRHNetError(f"{path}: cannot be read as an image ({io._first_line(exc)})") from None
-        components = reader.GetNumberOfComponents()
-        shape = tuple(reader.GetSize()) + ((components,) if components > 1 else ())
-        if reader.GetDimension() < 3:
-            raise MRHNetError(f"{path}: is a {reader.GetDimension()}D image of shape {shape}; a 3D volume is needed")
-        return _volume_shape(shape, path), io._sitk_to_affine(reader)
-    if suffix in io.NIFTI_SUFFIXES + io.ANALYZE_SUFFIXES:
-        import nibabel as nib
-
-        if suffix in io.ANALYZE_SUFFIXES:
-            io._check_exists(path.with_suffix(".img" if suffix == ".hdr" else ".hdr"))
-        try:
-            image = nib.load(str(path))
-        except Exception as exc:  # nibabel raises many types for damaged files
-            raise MRHNetError(f"{path}: cannot be read ({io._first_line(exc)}); is the file truncated or "
-                              "damaged?") from None
-        return _volume_shape(tuple(int(n) for n in image.shape), path), np.asarray(image.affine, dtype=float)
-    raise MRHNetError(f"{path}: unknown image format '{suffix}' (use .nii, .nii.gz, .hdr/.img, .nrrd or .nhdr)")
-
-
-def _volume_shape(shape: tuple[int, ...], path: Path) -> tuple[int, ...]:
-    """The shape :func:`~MRHNetLib.data.io.read_volume` makes of a file's (squeezed 5-D, single-volume 4D),
-    with its refusals of what is no 3D volume or 4D DWI."""
-    if len(shape) > 4:
-        shape = tuple(n for n in shape if n != 1)
-    if len(shape) == 4 and shape[3] == 1:
-        shape = shape[:3]
-    if len(shape) < 3 or min(shape[:3]) < 1 or (len(shape) == 3 and sorted(shape)[0] == 1):
-        kind = f"a {len(shape)}D image" if len(shape) < 3 else "a single slice (2D)"
-        raise MRHNetError(f"{path}: is {kind} of shape {shape}; a 3D volume is needed")
-    if len(shape) > 4:
-        raise MRHNetError(f"{path}: is a {len(shape)}D image of shape {shape}; a 3D volume (or a 4D DWI) is needed")
-    return shape
-
-
-def _header_gradients(path: Path, role: str, affine: np.ndarray):
-    """A diffusion shell's gradients as :func:`~MRHNetLib.data.subject.load_subject` finds them: the
-    folder's ``<role>.bval``/``.bvec``, else a DWI NRRD's own keys (header only)."""
-    from ..data import io
-
-    bval = path.parent / f"{role}.bval"
-    if bval.exists():
-        return io.read_fsl_gradients(bval, bval.with_suffix(".bvec"), affine)
-    if io.suffix_of(path) in io.NRRD_SUFFIXES:
-        return io.read_nrrd_gradients(path)
-    raise MRHNetError(f"{path}: no b-values: give --bval/--bvec or a gradient table (looked for {role}.bval/.bvec)")
-
-
-def folder_header_subject(folder: str | os.PathLike, name: str | None = None):
-    """A subject folder read from its headers only (:func:`image_header`, gradient files): the roles, grids
-    and gradients :func:`~MRHNetLib.network.infer.check_subject` needs, without reading a voxel (the volumes
-    are read-only zero-stride arrays). Refuses what :func:`~MRHNetLib.data.subject.load_subject` refuses
-    for its shapes, grids and gradients."""
-    from ..data.protocol import DWI_ROLES
-    from ..data.subject import DWI, SCALAR_ROLES, Subject, _find
-    from ..data.io import Volume
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise MRHNetError(f"{folder}: subject folder does not exist")
-    subject = Subject(name=name or folder.name)
-    for role in SCALAR_ROLES + DWI_ROLES:
-        path = _find(folder, role)
-        if path is None:
-            continue
-        shape, affine = image_header(path)
-        if role not in DWI_ROLES:
-            if len(shape) == 4:
-                raise MRHNetError(f"{path}: is 4D {shape}; a single 3D volume is needed here")
-            subject.images[role] = Volume(np.broadcast_to(np.float32(1), shape), affine, path.name)
-            continue
-        if len(shape) != 4:
-            raise MRHNetError(f"{path}: is 3D {shape}; a 4D diffusion-weighted image is needed")
-        grads = _header_gradients(path, role, affine)
-        if len(grads) != shape[3]:
-            raise MRHNetError(f"{path}: has {shape[3]} volumes but its gradient table lists {len(grads)} gradients")
-        subject.dwi[role] = DWI(Volume(np.broadcast_to(np.float32(1), shape), affine, path.name), grads)
-    if not subject.images and not subject.dwi:
-        raise MRHNetError(f"{folder}: no images found (expected t2w.nii.gz, mt_on.nii.gz, dwi_b2000.nii.gz, ...)")
-    return subject.check_grid()
 
 
 def read_subject_nodes(scene, folder: Path, name: str) -> Iterator[tuple[str, Any]]:

@@ -347,7 +347,7 @@ def test_folder_header_subject_matches_the_loaded_subject(phantom, tmp_path, mon
     loaded subject's shapes, affines and gradients."""
     from MRHNetLib.data.io import write_dwi_nrrd
     from MRHNetLib.data.subject import load_subject
-    from MRHNetLib.gui.controller import folder_header_subject
+    from MRHNetLib.data.headers import folder_header_subject
 
     folder = phantom.save(tmp_path / "mouse")
     b5000 = phantom.dwi["dwi_b5000"]
