@@ -80,14 +80,48 @@ def _check_exists(path: Path) -> None:
         raise MRHNetError(f"{path}: is a folder, expected an image file")
 
 
-def _clean(data: np.ndarray, path: Path) -> np.ndarray:
+# Reading works in pieces of at most this many bytes of voxel data (raw, scaled or float32), so that no
+# second full-size copy of an image exists at any time (issue 13, part 3).
+READ_PIECE_BYTES = 64 << 20
+
+
+def _zero_nonfinite(piece: np.ndarray) -> int:
+    """Set the NaN/Inf voxels of a float32 ``piece`` to 0 in place; returns how many there were."""
+    bad = ~np.isfinite(piece)
+    n = int(np.count_nonzero(bad))
+    if n:
+        piece[bad] = 0.0
+    return n
+
+
+def _flat_pieces(data: np.ndarray, voxels: int):
+    """Writable views covering every element of ``data`` once, each of at most ``voxels`` elements where
+    the layout allows (contiguous arrays: flat runs; others: sub-arrays along the slowest axis)."""
+    if data.flags.c_contiguous or data.flags.f_contiguous:
+        flat = data.reshape(-1, order="C" if data.flags.c_contiguous else "F")
+        for a in range(0, flat.size, voxels):
+            yield flat[a:a + voxels]
+    elif data.ndim <= 1 or data.size <= voxels:
+        yield data
+    else:
+        axis = int(np.argmax(np.abs(data.strides)))
+        for k in range(data.shape[axis]):
+            yield from _flat_pieces(data[(slice(None),) * axis + (k,)], voxels)
+
+
+def _clean(data: np.ndarray) -> tuple[np.ndarray, int]:
+    """``data`` as float32, NaN/Inf set to 0 in place, slab by slab (no voxel-sized masks); returns the
+    array and how many voxels were set."""
     data = np.asarray(data, dtype=np.float32)
-    bad = ~np.isfinite(data)
-    n = int(bad.sum())
+    if not data.flags.writeable:
+        data = data.copy(order="K")
+    voxels = max(1, READ_PIECE_BYTES // 4)
+    return data, sum(_zero_nonfinite(piece) for piece in _flat_pieces(data, voxels))
+
+
+def _warn_nonfinite(n: int, path: Path) -> None:
     if n:
         warnings.warn(f"{path}: {n} NaN/Inf voxels set to 0", stacklevel=3)
-        data = np.where(bad, 0.0, data).astype(np.float32)
-    return data
 
 
 def _sitk_to_affine(image) -> np.ndarray:
@@ -133,16 +167,90 @@ def _first_line(exc: BaseException) -> str:
     return (useful or lines or [type(exc).__name__])[-1][:200]
 
 
+def _plain_proxy(img) -> bool:
+    """Whether ``img``'s voxels can be read by :func:`_read_nibabel_pieces` exactly as nibabel reads them:
+    a NIfTI / Analyze image whose plain ``ArrayProxy`` points at a file of integer or float32/64 voxels
+    (not RGB, complex or other unusual types; those go through nibabel)."""
+    from nibabel.analyze import AnalyzeImage
+    from nibabel.arrayproxy import ArrayProxy
+
+    proxy = img.dataobj
+    if not isinstance(img, AnalyzeImage) or type(proxy) is not ArrayProxy:
+        return False
+    dtype = np.dtype(proxy.dtype)
+    plain = (dtype.kind in "iu" and dtype.itemsize in (1, 2, 4, 8)) or (dtype.kind == "f" and dtype.itemsize in (4, 8))
+    return (plain and dtype.fields is None and dtype.subdtype is None and getattr(proxy, "order", None) in ("C", "F")
+            and isinstance(proxy.file_like, (str, os.PathLike)))
+
+
+def _read_nibabel_pieces(img, path: Path) -> tuple[np.ndarray, int]:
+    """The voxels of a NIfTI / Analyze image (see :func:`_plain_proxy`) as nibabel's
+    ``np.asanyarray(img.dataobj)`` gives them cast to float32, bit for bit, NaN/Inf set to 0: read into one
+    preallocated float32 array in nibabel's shape and memory order, piece by piece (at most
+    ``READ_PIECE_BYTES`` of raw or scaled voxels at a time), each piece scaled by nibabel's own
+    ``apply_read_scaling`` with the scale factors prepared as ``ArrayProxy`` prepares them. Returns the array
+    and the number of NaN/Inf voxels set to 0."""
+    from nibabel.openers import ImageOpener
+    from nibabel.volumeutils import apply_read_scaling
+
+    proxy = img.dataobj
+    shape = tuple(int(n) for n in proxy.shape)
+    raw_dtype = np.dtype(proxy.dtype)
+    slope, inter = np.asanyarray(proxy.slope), np.asanyarray(proxy.inter)
+    if np.can_cast(slope, slope.dtype):  # as ArrayProxy._get_scaled(dtype=None): the slope's own dtype
+        slope = slope.astype(slope.dtype)
+    if np.can_cast(inter, slope.dtype):
+        inter = inter.astype(slope.dtype)
+    size = int(np.prod(shape, dtype=np.int64))
+    flat = np.empty(size, dtype=np.float32)
+    out = flat.reshape(shape, order=proxy.order)
+    scaled = apply_read_scaling(np.zeros(1, raw_dtype), slope, inter)
+    direct = raw_dtype.kind == "f" and raw_dtype.itemsize == 4 and scaled.dtype.kind == "f" and \
+        scaled.dtype.itemsize == 4 and (float(slope), float(inter)) == (1.0, 0.0)
+    widest = max(raw_dtype.itemsize, scaled.dtype.itemsize, 4)
+    voxels = max(1, READ_PIECE_BYTES // widest)
+    raw = None if direct else np.empty(min(voxels, size), dtype=raw_dtype)
+    bad = 0
+    with ImageOpener(proxy.file_like, "rb") as f:
+        f.seek(proxy.offset)
+        for a in range(0, size, voxels):
+            m = min(voxels, size - a)
+            target = flat[a:a + m] if direct else raw[:m]
+            view = memoryview(target).cast("B")
+            got = 0
+            while got < len(view):
+                n = f.readinto(view[got:])
+                if not n:
+                    raise MRHNetError(f"{path}: cannot be read (expected {size * raw_dtype.itemsize} bytes of "
+                                      f"voxel data, got {a * raw_dtype.itemsize + got}); is the file truncated "
+                                      "or damaged?")
+                got += n
+            piece = flat[a:a + m]
+            if direct:
+                if not raw_dtype.isnative:
+                    piece.byteswap(inplace=True)
+            else:
+                np.copyto(piece, apply_read_scaling(target, slope, inter), casting="unsafe")
+            bad += _zero_nonfinite(piece)
+    return out, bad
+
+
 def read_volume(path: str | os.PathLike, allow_4d: bool = True) -> Volume:
-    """Read a NIfTI, Analyze 7.5 or NRRD image; NaN/Inf voxels become 0 with a warning that counts them."""
+    """Read a NIfTI, Analyze 7.5 or NRRD image; NaN/Inf voxels become 0 with a warning that counts them.
+
+    NIfTI and Analyze voxels (gzipped or not) are read piece by piece into the float32 array that is
+    returned, without a second full-size copy (unusual voxel types go through nibabel's own reading); the
+    values are those of nibabel's ``np.asanyarray(img.dataobj)`` cast to float32, bit for bit."""
     path = Path(path)
     _check_exists(path)
     suffix = suffix_of(path)
+    bad = None
     if suffix in NRRD_SUFFIXES:
         image, data = _read_sitk(path)
         if image.GetDimension() < 3:
             raise MRHNetError(f"{path}: is a {image.GetDimension()}D image of shape {data.shape}; a 3D volume is needed")
         affine = _sitk_to_affine(image)
+        del image
     elif suffix in NIFTI_SUFFIXES + ANALYZE_SUFFIXES:
         import nibabel as nib
 
@@ -151,16 +259,25 @@ def read_volume(path: str | os.PathLike, allow_4d: bool = True) -> Volume:
             _check_exists(other)
         try:
             img = nib.load(str(path))
-            data = np.asanyarray(img.dataobj)
-        except Exception as exc:  # nibabel raises many types for damaged files
+            if _plain_proxy(img):
+                data, bad = _read_nibabel_pieces(img, path)
+            else:
+                data = np.asanyarray(img.dataobj)
+        except MRHNetError:
+            raise
+        except Exception as exc:  # nibabel (and gzip, zlib) raise many types for damaged files
             raise MRHNetError(f"{path}: cannot be read ({_first_line(exc)}); is the file truncated or damaged?") from None
         affine = np.asarray(img.affine, dtype=float)
+        del img
     else:
         raise MRHNetError(f"{path}: unknown image format '{suffix}' (use .nii, .nii.gz, .hdr/.img, .nrrd or .nhdr)")
     data = data.reshape(volume_shape(data.shape, path, allow_4d))
     if data.size == 0:
         raise MRHNetError(f"{path}: image is empty")
-    return Volume(_clean(data, path), affine, path.name)
+    if bad is None:
+        data, bad = _clean(data)
+    _warn_nonfinite(bad, path)
+    return Volume(data, affine, path.name)
 
 
 def volume_shape(shape: tuple[int, ...], path: Path, allow_4d: bool = True) -> tuple[int, ...]:
