@@ -82,7 +82,7 @@ def _check_exists(path: Path) -> None:
 
 # Reading works in pieces of at most this many bytes of voxel data (raw, scaled or float32), so that no
 # second full-size copy of an image exists at any time (issue 13, part 3).
-READ_PIECE_BYTES = 64 << 20
+READ_PIECE_BYTES = 16 << 20
 
 
 def _zero_nonfinite(piece: np.ndarray) -> int:
