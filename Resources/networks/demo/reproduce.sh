@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the shipped demo networks and their held-out table (about 25 minutes on a 2-core CPU).
+# Reproduce the shipped demo networks and their held-out table (about 30 minutes on a 2-core CPU).
 #   bash Resources/networks/demo/reproduce.sh [WORKDIR]     (default: ./mrhnet-demo-build)
 # Simulated brains only (mrhnet phantom, medium size):
 #   AF trains on six brains (C1, C1-d1 .. C1-d5), each with its own test-time shift (seeds 2..7) and
