@@ -124,7 +124,9 @@ def run(args: argparse.Namespace) -> int:
     label = (f"simulated brain {args.brain} (not real data)"
              + (f" with test-time shift {args.shift} (physics, SNR, bias, hidden factors, misregistration and "
                 f"staining of the truth)" if shift else ", no test-time shift")
-             + (f"; networks and baselines trained on simulated {', '.join(train_brains)}" if train_brains else ""))
+             + (f"; baselines trained on simulated {', '.join(train_brains)}" if train_brains else "")
+             + ("; networks trained here on simulated C1" if args.train else
+                "; shipped networks trained on simulated brains (see Resources/networks/demo/README.md)"))
     bar, report = _bar("evaluate")
     with bar:
         ev = evaluate(maps, subject=subject, models=[] if args.no_perturbation else models,
