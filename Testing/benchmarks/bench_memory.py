@@ -1,15 +1,19 @@
 """Peak memory of ``mrhnet predict`` above its inputs, on a brain and the same brain at 2x each dimension
 (issue 13, part 3). A benchmark, not a test: run it by hand and copy the table into BENCHMARKS.md.
 
-    python Testing/benchmarks/bench_memory.py [--workdir DIR] [--factors 1 2] [--model af] [--json out.json]
+    python Testing/benchmarks/bench_memory.py [--workdir DIR] [--factors 1 2 [4x4x2]] [--reading-only 4x4x2]
+                                              [--model af] [--json out.json]
 
 Subjects: a simulated brain (``simulate_subject(brain, size=...)``, default R2 medium, 100 x 140 x 64
 at 0.125 mm) with its inputs only (T2w, MT pair, two 32-volume DWI shells, FA, mask; no histology), and
-the same images upsampled by an integer factor along each axis (every voxel repeated) at the same voxel
-size: a brain ``factor`` times larger in each dimension, on the model's grid, so ``predict`` does not
-resample. Folders are written once under ``--workdir`` and reused.
+the same images upsampled by an integer factor along each axis, or one per axis (``4x4x2``; every voxel
+repeated) at the same voxel size: a brain ``factor`` times larger in each dimension, on the model's grid,
+so ``predict`` does not resample. Folders are written once under ``--workdir`` and reused. For brains too
+large to predict in the time at hand, ``--reading-only`` measures reading alone (the part that grows with
+the volume; predict's own peak above its inputs is the "predict after reading" row of smaller brains).
 
-Rows, each in a fresh process: the baseline (the interpreter importing torch and the engine, no data);
+Rows, each in a fresh process: the baselines (the interpreter importing torch and the engine, and importing
+only the engine's data package, as the reading rows do; no data);
 per subject, reading it only (``load_subject``) and ``mrhnet predict``, both under ``/usr/bin/time -v``
 (``apt-get install time``): max resident set size and wall time; "inputs" is the float32 size of every
 image of the subject folder (what ``predict`` holds after reading), "above inputs" = max RSS - inputs
@@ -37,14 +41,25 @@ INPUT_ROLES = ("t2w", "mt_on", "mt_off", "fa", "mask")
 MB = 1e6
 
 
-def upsample(data: np.ndarray, factor: int) -> np.ndarray:
-    """``data`` (3D or 4D) with every voxel repeated ``factor`` times along each of the first 3 axes."""
-    for axis in range(3):
-        data = np.repeat(data, factor, axis=axis)
+def parse_factor(text: str) -> tuple[int, int, int]:
+    """An upsampling factor: ``2`` (each axis) or ``4x4x2`` (per axis)."""
+    parts = [int(p) for p in str(text).lower().split("x")]
+    if len(parts) not in (1, 3) or min(parts) < 1:
+        raise SystemExit(f"bad factor {text!r}: use N or AxBxC")
+    return tuple(parts * 3 if len(parts) == 1 else parts)  # type: ignore[return-value]
+
+
+def upsample(data: np.ndarray, factor: int | tuple[int, int, int]) -> np.ndarray:
+    """``data`` (3D or 4D) with every voxel repeated ``factor`` times along each of the first 3 axes (or
+    ``factor[a]`` times along axis ``a``)."""
+    factors = (factor,) * 3 if isinstance(factor, int) else factor
+    for axis, f in enumerate(factors):
+        if f > 1:
+            data = np.repeat(data, f, axis=axis)
     return data
 
 
-def make_subject(folder: Path, brain: str, size: str, factor: int) -> Path:
+def make_subject(folder: Path, brain: str, size: str, factor: int | tuple[int, int, int]) -> Path:
     """Write the inputs of a simulated brain, upsampled by ``factor``, as a subject folder (once)."""
     if (folder / "done").exists():
         return folder
@@ -134,7 +149,10 @@ def main() -> None:
     ap.add_argument("--workdir", default="bench-memory", help="subject folders and maps (reused)")
     ap.add_argument("--brain", default="R2")
     ap.add_argument("--size", default="medium", help="phantom size of the 1x brain (small, medium, full)")
-    ap.add_argument("--factors", type=int, nargs="+", default=[1, 2], help="upsampling factors per dimension")
+    ap.add_argument("--factors", nargs="+", default=["1", "2"],
+                    help="upsampling factors: N (each dimension) or AxBxC (per dimension)")
+    ap.add_argument("--reading-only", nargs="*", default=[],
+                    help="factors (also given in --factors) for which only reading is measured (large brains)")
     ap.add_argument("--model", "-m", action="append", default=None, help="model(s) to run (default: af)")
     ap.add_argument("--extra", default="", help="extra options for mrhnet predict (one string)")
     ap.add_argument("--engine", help="run the MRHNetLib found in this folder (e.g. `git archive` of an older commit)")
@@ -147,13 +165,18 @@ def main() -> None:
     engine = str(Path(args.engine).resolve()) if args.engine else None
     base = timed([sys.executable, "-c", "import torch, MRHNetLib.network.infer, MRHNetLib.cli"], engine)
     rows = [{"what": "baseline: interpreter + torch + engine imported", "inputs": 0, **base, "above": base["max_rss"]}]
+    base = timed([sys.executable, "-c", "import MRHNetLib.data.subject"], engine)
+    rows.append({"what": "baseline: interpreter + engine's data package imported (no torch)", "inputs": 0, **base,
+                 "above": base["max_rss"]})
     for f in args.factors:
-        folder = make_subject(work / f"{args.brain}-x{f}", args.brain, args.size, f).resolve()
+        folder = make_subject(work / f"{args.brain}-x{f}", args.brain, args.size, parse_factor(f)).resolve()
         nbytes, shape = input_bytes(folder)
         name = f"{args.brain} {args.size} x{f}: {' x '.join(map(str, shape))}"
         r = timed([sys.executable, "-c", f"from MRHNetLib.data.subject import load_subject; load_subject({str(folder)!r})"],
                   engine)
         rows.append({"what": f"{name}, reading only", "inputs": nbytes, **r, "above": r["max_rss"] - nbytes})
+        if f in args.reading_only:
+            continue
         out = (work / f"maps-x{f}").resolve()
         r = timed(mrhnet(engine) + ["predict", str(folder), *models, "--out", str(out), "--device", "cpu",
                                     *args.extra.split()], engine)

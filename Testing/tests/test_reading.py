@@ -133,6 +133,10 @@ def test_written_images_and_piece_sizes(tmp_path, piece, monkeypatch):
             path = tmp_path / f"w-{np.dtype(dtype).name}{suffix}"
             nib.save(img, str(path))
             assert_same_as_nibabel(path)
+        path = tmp_path / f"w2-{np.dtype(dtype).name}.nii.gz"  # NIfTI-2
+        nib.save(nib.Nifti2Image(np.asanyarray(img.dataobj), np.eye(4)), str(path))
+        assert type(nib.load(str(path))) is nib.Nifti2Image
+        assert_same_as_nibabel(path)
 
 
 def test_unusual_voxel_types_go_through_nibabel(tmp_path, monkeypatch):
