@@ -68,6 +68,11 @@ def register(subparsers) -> None:
                    help="smooth multiplicative stain gain field of each truth map, SD of its log 0..0.2")
     g.add_argument("--stain-gamma", type=float, metavar="G",
                    help="nonlinear stain response 255 (v/255)^G of each truth map, 0.8..1.25")
+    p.add_argument("--physics-set", choices=("default", "calibrated"), default="default",
+                   help="named physics set: default (literature values; unchanged output) or calibrated "
+                        "(T2, MT and receiver scaling calibrated against the original authors' AF networks, "
+                        "meant for the original protocol, --protocol Resources/protocols/original.json; see "
+                        "Resources/networks/original/README.md)")
     p.add_argument("--overwrite", action="store_true", help="replace files in existing subject folders")
     p.add_argument("--figure", metavar="PNG", help="also save a figure of the first brain (one coronal slice)")
     p.set_defaults(func=run)
@@ -103,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
             bar.refresh()
 
         folders = write_phantoms(args.outdir, args.brains, size=args.size, seed=args.seed, protocol=protocol,
-                                 noise=noise, overwrite=args.overwrite, shift=shift, progress=report)
+                                 noise=noise, overwrite=args.overwrite, shift=shift, progress=report,
+                                 physics_set=args.physics_set)
     for folder in folders:
         print(f"wrote {folder}")
     if args.figure:

@@ -389,7 +389,8 @@ def fitted_fa(dwi: DWI, mask: np.ndarray) -> np.ndarray:
 
 def simulate_subject(brain: str = "C1", seed: int = 0, size: str | tuple[int, int, int] = "small",
                      protocol: Protocol | None = None, noise: float = DEFAULT_NOISE, bias: float = 0.1,
-                     physics: ExVivo7T = PHYSICS, shift: Shift | None = None, progress=None) -> Subject:
+                     physics: ExVivo7T = PHYSICS, shift: Shift | None = None, progress=None,
+                     gains: dict[str, float] | None = None) -> Subject:
     """Simulate one ex vivo mouse brain: t2w, mt_on, mt_off, dwi_b2000, dwi_b5000, fa, mask, af, nf, mbp.
 
     ``brain``: ``C1`` or ``R2`` (the two real anatomy sources), optionally ``-dN`` for a smooth random
@@ -400,7 +401,16 @@ def simulate_subject(brain: str = "C1", seed: int = 0, size: str | tuple[int, in
     sigma as a fraction of each acquisition's median unweighted brain signal (default 1/40, SNR 40;
     0 for none). ``bias``: strength of the smooth receive-coil profile (0 for none). ``shift``: a
     test-time :class:`~MRHNetLib.simulation.shift.Shift` (physics constants, SNR and bias replacing
-    ``noise`` and ``bias``, hidden factors, misregistration and staining of the truth maps)."""
+    ``noise`` and ``bias``, hidden factors, misregistration and staining of the truth maps). ``gains``:
+    receiver scaling of each acquisition, ``{"t2w": g, "mt": g, "dwi": g}`` (MT-on and MT-off share
+    one; missing keys 1), multiplied into the stored images after the noise (see
+    :mod:`MRHNetLib.simulation.calibration`); None changes nothing."""
+    gain = {"t2w": 1.0, "mt": 1.0, "dwi": 1.0}
+    if gains:
+        unknown = set(gains) - set(gain)
+        if unknown or any(not float(v) > 0 for v in gains.values()):
+            raise MRHNetError(f"receiver gains {gains}: use positive t2w, mt and dwi factors")
+        gain.update({k: float(v) for k, v in gains.items()})
     if shift is not None:
         physics = shift.apply(physics)
         noise = noise if shift.snr is None else 1.0 / shift.snr
@@ -424,18 +434,19 @@ def simulate_subject(brain: str = "C1", seed: int = 0, size: str | tuple[int, in
     if not mask.any():
         raise MRHNetError(f"simulated brain {brain}: the brain mask is empty at size {shape}")
 
-    def acquire(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    def acquire(values: np.ndarray, reference: np.ndarray, g: float = 1.0) -> np.ndarray:
         vol = tissue.to_volume(values * SIGNAL_SCALE * coil)
         sigma = noise * SIGNAL_SCALE * float(np.median(reference[tissue.partial >= 0.5]))
-        return _rician(vol, sigma, noise_rng)
+        out = _rician(vol, sigma, noise_rng)
+        return out if g == 1.0 else out * np.float32(g)
 
     subject = Subject(name=brain)
     vol = lambda data, role: Volume(data, affine.copy(), role)  # noqa: E731
     t2w = t2w_signal(tissue, physics)
-    subject.images["t2w"] = vol(acquire(t2w, t2w), "t2w")
+    subject.images["t2w"] = vol(acquire(t2w, t2w, gain["t2w"]), "t2w")
     on, off = mt_signals(tissue, physics)
-    subject.images["mt_on"] = vol(acquire(on, off), "mt_on")
-    subject.images["mt_off"] = vol(acquire(off, off), "mt_off")
+    subject.images["mt_on"] = vol(acquire(on, off, gain["mt"]), "mt_on")
+    subject.images["mt_off"] = vol(acquire(off, off, gain["mt"]), "mt_off")
     progress.update(0.35, "T2w and MT images")
     for k, (role, (bvals, bvecs)) in enumerate(shells.items()):
         clean = dwi_signal(tissue, bvals, bvecs, physics)
@@ -447,6 +458,8 @@ def simulate_subject(brain: str = "C1", seed: int = 0, size: str | tuple[int, in
         del clean
         for i in range(0, shape[0], 8):  # contiguous slabs keep memory and time low
             data[i:i + 8] = _rician(data[i:i + 8], sigma, noise_rng)
+            if gain["dwi"] != 1.0:
+                data[i:i + 8] *= np.float32(gain["dwi"])
         subject.dwi[role] = DWI(vol(data, role), Gradients(bvals, bvecs))
         progress.update(0.35 + 0.4 * (k + 1) / len(shells), f"{role}")
     fa_role = "dwi_b2000" if "dwi_b2000" in subject.dwi else next(iter(subject.dwi))
@@ -485,11 +498,16 @@ def tissue_maps(brain: str = "C1", size: str | tuple[int, int, int] = "small") -
 def write_phantoms(outdir: str | Path, brains: tuple[str, ...] | list[str] = ("C1", "R2"),
                    size: str | tuple[int, int, int] = "medium", seed: int = 0, protocol: Protocol | None = None,
                    noise: float = DEFAULT_NOISE, overwrite: bool = False, shift: Shift | None = None,
-                   progress=None) -> list[Path]:
+                   progress=None, physics_set: str = "default") -> list[Path]:
     """Simulate ``brains`` and write one subject folder each (``OUTDIR/<brain>/``, see
     :mod:`MRHNetLib.data.subject`) plus ``phantom.json`` recording how it was made. Refuses (before writing
     anything) folders that already hold files unless ``overwrite``. ``shift`` applies a test-time shift
-    (:mod:`MRHNetLib.simulation.shift`) to every brain and is recorded in ``phantom.json``."""
+    (:mod:`MRHNetLib.simulation.shift`) to every brain and is recorded in ``phantom.json``. ``physics_set``:
+    a named set of :mod:`MRHNetLib.simulation.calibration` (``default`` changes nothing; ``calibrated``:
+    the values calibrated against the original authors' AF networks, recorded in ``phantom.json``)."""
+    from .calibration import physics_set as named_set
+
+    physics, gains = named_set(physics_set)
     outdir = Path(outdir)
     progress = as_progress(progress)
     brains = list(brains)
@@ -511,13 +529,17 @@ def write_phantoms(outdir: str | Path, brains: tuple[str, ...] | list[str] = ("C
     for i, brain in enumerate(brains):
         sub = progress.sub(i / n, (i + 0.9) / n)
         subject = simulate_subject(brain, seed=seed, size=size, protocol=protocol, noise=noise, shift=shift,
-                                   progress=sub)
+                                   progress=sub, physics=physics, gains=gains)
         folder = subject.save(outdir / brain)
         info = {"brain": brain, "seed": int(seed), "size": size if isinstance(size, str) else list(size),
                 "shape": list(subject.shape), "voxel_mm": [round(float(s), 6) for s in subject.reference.spacing],
                 "noise": noise if shift is None or shift.snr is None else 1.0 / shift.snr,
                 "shift": shift.to_dict() if shift is not None else None, "generator": "MRHNetLib.simulation.phantom.simulate_subject",
                 "anatomy": "Resources/anatomy (MRH-Net, Liang et al. eLife 2022, MIT)"}
+        if physics_set != "default":
+            from .calibration import parameters
+
+            info["physics_set"] = {"name": physics_set, **{q.name: q.value for q in parameters(physics_set)}}
         (folder / "phantom.json").write_text(json.dumps(info, indent=1) + "\n")
         written.append(folder)
         progress.update((i + 1) / n, f"wrote {folder}")

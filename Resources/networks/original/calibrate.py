@@ -1,0 +1,239 @@
+"""Calibrate the simulator's physics against the original authors' MRH-AF networks (issue 14, part 1).
+
+    nice -n 10 python Resources/networks/original/calibrate.py OUT_DIR [--evals 120] [--figure]
+
+1. **Search** (4-block network only): a bounded Nelder-Mead over the few parameters of
+   :data:`SEARCH` (receiver scaling of the MT and DWI scans relative to T2w, MT bound-pool size per
+   myelin, saturation amplitude, tissue T2), each kept inside its stated range
+   (:mod:`MRHNetLib.simulation.calibration`). Each evaluation simulates noise-free signals of 4,000 voxels
+   drawn from the 12 coronal slices of ``phantom_check.py`` (brain C1, full size, original protocol),
+   divides them by the global maximum (taken over the brain's brightest voxels of every scan) and runs
+   the network on uniform 3 x 3 patches (the paper: uniform patches lose little). The objective is
+   ``-r + |log(mean prediction / mean truth)|``; the values found are rounded to 3 significant digits.
+2. **Check** (both networks, exact product path): brain C1 simulated by ``simulate_subject`` with the
+   default and with the calibrated set (noise, bias field and all), both networks run through
+   ``MRHNetLib.network.infer.predict`` on the 12 slices, as ``phantom_check.py`` does: Pearson r and
+   mean prediction / mean truth, before and after. Writes ``calibration_C1.json`` (and with ``--figure``
+   ``calibration_C1.png``: inputs and maps before and after) into OUT_DIR.
+
+The search prints the values it found; the shipped set (``CALIBRATED_PHYSICS`` / ``CALIBRATED_GAINS``
+in ``MRHNetLib/simulation/calibration.py``) is what the check evaluates (``--check-only`` skips the
+search). About 10 minutes of CPU on 2 cores.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from phantom_check import NETWORKS, slab_mask  # noqa: E402
+
+from MRHNetLib.data.protocol import Protocol, plane_axes  # noqa: E402
+from MRHNetLib.network.infer import as_model, predict  # noqa: E402
+from MRHNetLib.resources import resource  # noqa: E402
+from MRHNetLib.simulation import calibration  # noqa: E402
+from MRHNetLib.simulation.phantom import SIGNAL_SCALE, SIZES, anatomy_tissue, coronal_slice, simulate_subject  # noqa: E402
+from MRHNetLib.simulation.shift import PHYSICS_RANGES  # noqa: E402
+from MRHNetLib.simulation.tissue import PHYSICS, Tissue, dwi_signal, histology, mt_signals, t2w_signal  # noqa: E402
+
+# name, low, high (gains searched on a log scale)
+SEARCH = [("gain_mt", *calibration.GAIN_RANGE), ("gain_dwi", *calibration.GAIN_RANGE)] + \
+    [(n, *PHYSICS_RANGES[n][:2]) for n in ("bound_per_myelin", "mt_b1_ut", "r2_base", "r2_myelin")]
+MEAN_WEIGHT = 1.0  # weight of |log(mean prediction / mean truth)| against -r in the search objective
+FIELDS = ("axon", "myelin", "cells", "water", "direction", "dispersion", "r2_extra", "lipofuscin", "partial")
+
+
+def _subset(t: Tissue, sel: np.ndarray) -> Tissue:
+    return Tissue(t.shape, t.index[sel], **{k: getattr(t, k)[sel].copy() for k in FIELDS})
+
+
+def decode(u: np.ndarray) -> dict[str, float]:
+    u = np.clip(u, 0.0, 1.0)
+    out = {}
+    for (name, lo, hi), v in zip(SEARCH, u):
+        out[name] = float(np.exp(np.log(lo) + (np.log(hi) - np.log(lo)) * v)) if name.startswith("gain") \
+            else float(lo + (hi - lo) * v)
+    return out
+
+
+def encode(values: dict[str, float]) -> np.ndarray:
+    u = []
+    for name, lo, hi in SEARCH:
+        v = values[name]
+        u.append((np.log(v) - np.log(lo)) / (np.log(hi) - np.log(lo)) if name.startswith("gain") else (v - lo) / (hi - lo))
+    return np.array(u)
+
+
+class FastEvaluator:
+    """Noise-free centre-voxel evaluation of one network on sampled voxels of the 12 slices."""
+
+    def __init__(self, proto: Protocol, n_voxels: int = 4000, n_slices: int = 12):
+        import torch
+
+        self.torch = torch
+        tissue, affine = anatomy_tissue("C1", SIZES["full"])
+        mask = tissue.to_volume(tissue.partial >= 0.5) > 0
+        smask, _ = slab_mask(mask, affine, n_slices)
+        inside = np.flatnonzero(smask.reshape(-1)[tissue.index])
+        rng = np.random.default_rng(0)
+        self.sample = _subset(tissue, np.sort(rng.choice(inside, size=min(n_voxels, len(inside)), replace=False)))
+        # candidates for the global maximum: the brightest 0.5 % of every unweighted scan (default physics)
+        bright = np.zeros(len(tissue.index), bool)
+        on, off = mt_signals(tissue)
+        b0 = dwi_signal(tissue, np.zeros(1), np.zeros((1, 3)))[:, 0]
+        for v in (t2w_signal(tissue), on, off, b0):
+            bright |= v >= np.percentile(v, 99.5)
+        self.bright = _subset(tissue, np.flatnonzero(bright))
+        self.shells = [proto.shell(r) for r in ("dwi_b2000", "dwi_b5000")]
+        self.truth = histology(self.sample)["af"]
+
+    def signals(self, t: Tissue, p, gains: dict[str, float]) -> np.ndarray:
+        on, off = mt_signals(t, p)
+        dwi = [dwi_signal(t, b, g, p) * gains["dwi"] for b, g in self.shells]
+        return np.concatenate(dwi + [t2w_signal(t, p)[:, None] * gains["t2w"], on[:, None] * gains["mt"],
+                                     off[:, None] * gains["mt"]], axis=1) * SIGNAL_SCALE
+
+    def predict(self, values: dict[str, float], model) -> np.ndarray:
+        p = dataclasses.replace(PHYSICS, **{k: v for k, v in values.items() if not k.startswith("gain")})
+        gains = {"t2w": 1.0, "mt": values.get("gain_mt", 1.0), "dwi": values.get("gain_dwi", 1.0)}
+        x = self.signals(self.sample, p, gains)
+        top = max(float(x.max()), float(self.signals(self.bright, p, gains)[:, [0, 32, 64, 65, 66]].max()))
+        xt = self.torch.from_numpy((x / top).astype(np.float32))[:, :, None, None].expand(-1, -1, 3, 3).contiguous()
+        with self.torch.no_grad():
+            return model.net(xt)[:, 0, 1, 1].numpy() * 255.0
+
+    def score(self, values: dict[str, float], model) -> tuple[float, float]:
+        pred = self.predict(values, model)
+        return float(np.corrcoef(pred, self.truth)[0, 1]), float(pred.mean() / self.truth.mean())
+
+
+def search(proto: Protocol, evals: int) -> dict:
+    from scipy.optimize import minimize
+
+    t0 = time.process_time()
+    ev = FastEvaluator(proto)
+    net4 = as_model(NETWORKS["4 blocks"])
+    start = {"gain_mt": 1.0, "gain_dwi": 1.0, **{n: getattr(PHYSICS, n) for n, _, _ in SEARCH[2:]}}
+    history = []
+
+    def loss(u: np.ndarray) -> float:
+        r, ratio = ev.score(decode(u), net4)
+        outside = float(np.sum(np.clip(u - 1, 0, None) + np.clip(-u, 0, None)))
+        value = -r + MEAN_WEIGHT * abs(np.log(max(ratio, 1e-3))) + 10 * outside
+        history.append(value)
+        return value
+
+    res = minimize(loss, encode(start), method="Nelder-Mead",
+                   options={"maxfev": evals, "xatol": 0.01, "fatol": 1e-3, "initial_simplex": None})
+    found = {k: float(f"{v:.3g}") for k, v in decode(res.x).items()}
+    out = {"start": start, "found": found, "evaluations": len(history), "fast_before": {}, "fast_after": {}}
+    for label, name in NETWORKS.items():
+        m = as_model(name)
+        out["fast_before"][label] = [round(v, 3) for v in ev.score(start, m)]
+        out["fast_after"][label] = [round(v, 3) for v in ev.score(found, m)]
+    out["cpu_s"] = round(time.process_time() - t0)
+    print("search:", json.dumps(out), flush=True)
+    return out
+
+
+def check(proto: Protocol, physics_set: str, n_slices: int = 12, values: dict[str, float] | None = None):
+    """(result dict, subject, maps, mask, chosen slices) of the exact product path for one physics set
+    (or, with ``values``, the default set with these parameter values, as the search reports them)."""
+    physics, gains = calibration.physics_set(physics_set)
+    if values is not None:
+        physics = dataclasses.replace(PHYSICS, **{k: v for k, v in values.items() if not k.startswith("gain")})
+        gains = {"t2w": 1.0, "mt": values["gain_mt"], "dwi": values["gain_dwi"]}
+    subject = simulate_subject("C1", seed=0, size="full", protocol=proto, physics=physics, gains=gains)
+    mask, chosen = slab_mask(subject.mask, subject.affine, n_slices)
+    subject.images["mask"] = subject.reference.with_data(mask.astype(np.float32), "mask")
+    truth = subject.target("af")[mask]
+    result, maps = {}, {}
+    for label, name in NETWORKS.items():
+        pred = predict(subject, [as_model(name)], device="cpu")["af"].data
+        values = pred[mask]
+        result[label] = {"pearson_r": round(float(np.corrcoef(values, truth)[0, 1]), 3),
+                         "mean_ratio": round(float(values.mean() / truth.mean()), 3),
+                         "pred_mean": round(float(values.mean()), 1)}
+        maps[label] = pred
+    result["truth_mean"] = round(float(truth.mean()), 1)
+    result["voxels"] = int(mask.sum())
+    print(physics_set, json.dumps(result), flush=True)
+    return result, subject, maps, mask, chosen
+
+
+def make_figure(path: Path, runs: dict) -> Path:
+    """Rows: default and calibrated set. Columns: T2w, MT-on, MT-off, b0 and one b~4800 DWI (each divided by
+    the subject's global maximum, one shared window per column), AF truth, 4- and 9-block maps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(runs), 8, figsize=(20, 3.4 * len(runs)))
+    for row, (name, (result, subject, maps, mask, chosen)) in enumerate(runs.items()):
+        aff = subject.affine
+        mid = int(chosen[len(chosen) // 2])
+        inside = coronal_slice(mask, aff, mid) > 0
+        top = max(float(v.data.max()) for k, v in subject.images.items() if k in ("t2w", "mt_on", "mt_off"))
+        top = max([top] + [float(d.volume.data.max()) for d in subject.dwi.values()])
+        d5 = subject.dwi["dwi_b5000"].volume.data
+        panels = [("T2w / max", subject.images["t2w"].data / top, (0, 1), "gray"),
+                  ("MT-on / max", subject.images["mt_on"].data / top, (0, 1), "gray"),
+                  ("MT-off / max", subject.images["mt_off"].data / top, (0, 1), "gray"),
+                  ("DWI b0 / max", subject.dwi["dwi_b2000"].volume.data[..., 0] / top, (0, 1), "gray"),
+                  ("DWI b~4800 (one dir.) / max", d5[..., 2] / top, (0, 0.3), "gray"),
+                  ("AF truth", subject.target("af"), (0, 255), "viridis")]
+        panels += [(f"original {label}\nr = {result[label]['pearson_r']:.2f}, mean x{result[label]['mean_ratio']:.2f}",
+                    maps[label], (0, 255), "viridis") for label in NETWORKS]
+        for ax, (title, vol, (lo, hi), cmap) in zip(axes[row], panels):
+            img = np.ma.masked_where(~inside, coronal_slice(vol, aff, mid))
+            ax.imshow(img.T, origin="lower", cmap=cmap, vmin=lo, vmax=hi)
+            ax.set_title(f"{name}:\n{title}", fontsize=8)
+            ax.axis("off")
+    fig.suptitle("Brain C1, original protocol, coronal slice: inputs (divided by the global maximum, as the "
+                 "networks see them) and AF maps, default vs calibrated physics set", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=70)
+    plt.close(fig)
+    return path
+
+
+def main(out_dir: Path, evals: int = 120, figure: bool = False, check_only: bool = False) -> dict:
+    t0, c0 = time.monotonic(), time.process_time()
+    proto = Protocol.from_json(resource("protocols", "original.json").read_text())
+    result: dict = {"brain": "C1", "seed": 0, "grid": "200x280x128 at 0.0625 mm",
+                    "protocol": "Resources/protocols/original.json", "parameters": {
+                        p.name: {"value": p.value, "range": [p.low, p.high]} for p in calibration.parameters()}}
+    found = None
+    if not check_only:
+        result["search"] = search(proto, evals)
+        found = result["search"]["found"]
+        result["checked"] = "the values found by this search"
+    else:
+        result["checked"] = "the shipped calibrated set (MRHNetLib/simulation/calibration.py)"
+    runs = {"default": check(proto, "default"), "calibrated": check(proto, "calibrated", values=found)}
+    result["before"], result["after"] = runs["default"][0], runs["calibrated"][0]
+    result["wall_s"] = round(time.monotonic() - t0)
+    result["cpu_s"] = round(time.process_time() - c0)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "calibration_C1.json").write_text(json.dumps(result, indent=1) + "\n")
+    if figure:
+        make_figure(out_dir / "calibration_C1.png", runs)
+    return result
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out_dir", nargs="?", default=".", type=Path)
+    parser.add_argument("--evals", type=int, default=120, help="Nelder-Mead evaluations (default 120)")
+    parser.add_argument("--figure", action="store_true")
+    parser.add_argument("--check-only", action="store_true", help="skip the search; check the shipped set")
+    a = parser.parse_args()
+    main(a.out_dir, a.evals, a.figure, a.check_only)
