@@ -44,12 +44,12 @@ GAIN_SOURCE = ("assumption: each scan is stored with its own receiver gain (set 
 # Calibrated values (Resources/networks/original/calibrate.py; README table). Physics ranges are those
 # of MRHNetLib.simulation.shift.PHYSICS_RANGES (sources in MRHNetLib.simulation.tissue).
 CALIBRATED_PHYSICS: dict[str, float] = {
-    "bound_per_myelin": 0.481,  # default 0.45
-    "mt_b1_ut": 21.4,           # default 20
-    "r2_base": 0.0238,          # 1/ms (T2 42 ms); default 1/48
-    "r2_myelin": 0.0369,        # 1/ms per unit myelin; default 0.045
+    "k_exchange": 9.86,         # 1/s; default 8
+    "d_cells": 0.000149,        # mm^2/s; default 0.0001
+    "r2_base": 0.0235,          # 1/ms (T2 42.6 ms); default 1/48
+    "r2_myelin": 0.0354,        # 1/ms per unit myelin; default 0.045
 }
-CALIBRATED_GAINS: dict[str, float] = {"mt": 0.672, "dwi": 0.629}  # relative to T2w (default 1, 1)
+CALIBRATED_GAINS: dict[str, float] = {"mt": 0.609, "dwi": 0.28}  # relative to T2w (default 1, 1)
 
 PHYSICS_SOURCES: dict[str, str] = {
     "bound_per_myelin": "Stanisz et al., Magn Reson Med 2005; Sled & Pike, Magn Reson Med 2001 (F 0.1 grey, "
@@ -61,6 +61,8 @@ PHYSICS_SOURCES: dict[str, str] = {
     "k_exchange": "Henkelman et al., Magn Reson Med 1993; effective value (assumption)",
     "bound_per_tissue": "Stanisz et al., Magn Reson Med 2005",
     "r2_cells": "assumption (cell-dense grey matter slightly shorter T2)",
+    "d_cells": "assumption: restricted water in cell bodies, below the fixed-tissue diffusivities of "
+               "Alexander et al., NeuroImage 2010 and D'Arceuil et al., NeuroImage 2007",
     "d_axon": "Alexander et al., NeuroImage 2010; D'Arceuil et al., NeuroImage 2007",
     "d_extra": "Alexander et al., NeuroImage 2010; D'Arceuil et al., NeuroImage 2007",
 }

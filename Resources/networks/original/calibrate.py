@@ -3,8 +3,8 @@
     nice -n 10 python Resources/networks/original/calibrate.py OUT_DIR [--evals 120] [--figure]
 
 1. **Search** (4-block network only): a bounded Nelder-Mead over the few parameters of
-   :data:`SEARCH` (receiver scaling of the MT and DWI scans relative to T2w, MT bound-pool size per
-   myelin, saturation amplitude, tissue T2), each kept inside its stated range
+   :data:`SEARCH` (receiver scaling of the MT and DWI scans relative to T2w, free/bound MT exchange rate,
+   cell-body water diffusivity, tissue T2 base rate and per myelin), each kept inside its stated range
    (:mod:`MRHNetLib.simulation.calibration`). Each evaluation simulates noise-free signals of 4,000 voxels
    drawn from the 12 coronal slices of ``phantom_check.py`` (brain C1, full size, original protocol),
    divides them by the global maximum (taken over the brain's brightest voxels of every scan) and runs
@@ -45,7 +45,7 @@ from MRHNetLib.simulation.tissue import PHYSICS, Tissue, dwi_signal, histology, 
 
 # name, low, high (gains searched on a log scale)
 SEARCH = [("gain_mt", *calibration.GAIN_RANGE), ("gain_dwi", *calibration.GAIN_RANGE)] + \
-    [(n, *PHYSICS_RANGES[n][:2]) for n in ("bound_per_myelin", "mt_b1_ut", "r2_base", "r2_myelin")]
+    [(n, *PHYSICS_RANGES[n][:2]) for n in ("k_exchange", "d_cells", "r2_base", "r2_myelin")]
 MEAN_WEIGHT = 1.0  # weight of |log(mean prediction / mean truth)| against -r in the search objective
 FIELDS = ("axon", "myelin", "cells", "water", "direction", "dispersion", "r2_extra", "lipofuscin", "partial")
 
