@@ -2,7 +2,8 @@
 
 One in-memory form for every image: :class:`Volume`, a float32 array indexed (i, j, k[, t]) with a
 4 x 4 voxel-to-RAS affine in millimetres (the NIfTI / nibabel convention). NIfTI and Analyze 7.5 go
-through nibabel, NRRD (including Slicer's DWI NRRD and its gradient keys) through SimpleITK.
+through nibabel, NRRD (including Slicer's DWI NRRD and its gradient keys) through SimpleITK (raw, gzip and
+bzip2 NRRD voxels are read by the engine itself, piece by piece, exactly as SimpleITK reads them).
 Writers keep the geometry and write atomically (a temporary file in the same folder, then a rename).
 
 Gradient directions inside the engine are unit vectors in RAS world coordinates (see
@@ -235,22 +236,148 @@ def _read_nibabel_pieces(img, path: Path) -> tuple[np.ndarray, int]:
     return out, bad
 
 
+_NRRD_TYPES = {  # NRRD type names (teem's spellings) -> numpy kind and size; "block" has none
+    **dict.fromkeys(("signed char", "int8", "int8_t", "char"), "i1"),
+    **dict.fromkeys(("uchar", "unsigned char", "uint8", "uint8_t"), "u1"),
+    **dict.fromkeys(("short", "short int", "signed short", "signed short int", "int16", "int16_t"), "i2"),
+    **dict.fromkeys(("ushort", "unsigned short", "unsigned short int", "uint16", "uint16_t"), "u2"),
+    **dict.fromkeys(("int", "signed int", "int32", "int32_t"), "i4"),
+    **dict.fromkeys(("uint", "unsigned int", "uint32", "uint32_t"), "u4"),
+    **dict.fromkeys(("longlong", "long long", "long long int", "signed long long", "signed long long int",
+                     "int64", "int64_t"), "i8"),
+    **dict.fromkeys(("ulonglong", "unsigned long long", "unsigned long long int", "uint64", "uint64_t"), "u8"),
+    "float": "f4", "double": "f8",
+}
+_NRRD_OPENERS = {"raw": None, "gzip": "gzip", "gz": "gzip", "bzip2": "bz2", "bz2": "bz2"}
+
+
+def _nrrd_plan(path: Path, reader):
+    """How :func:`_read_nrrd_pieces` reads a NRRD whose geometry SimpleITK's ``reader`` has read
+    (``ReadImageInformation``): (voxel dtype, sizes in file order, data file or None for attached data, opener name or
+    None, header length in bytes, whether axis 0 is SimpleITK's vector axis), or None when the file is outside
+    what it reads exactly as SimpleITK does (ascii/hex encodings, line or byte skips, lists of data files, a
+    vector axis that is not the fastest, ...): those go through SimpleITK's ``ReadImage``."""
+    import nrrd
+
+    try:
+        with open(path, "rb") as f, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            header = nrrd.read_header(f)
+            offset = f.tell()
+    except Exception:  # what pynrrd cannot parse, SimpleITK may still read
+        return None
+    encoding = str(header.get("encoding", "")).strip().lower()
+    kind = _NRRD_TYPES.get(" ".join(str(header.get("type", "")).lower().split()))
+    sizes = tuple(int(n) for n in np.asarray(header.get("sizes", ()), dtype=np.int64).reshape(-1))
+    skips = (int(header.get("line skip", header.get("lineskip", 0))),
+             int(header.get("byte skip", header.get("byteskip", 0))))
+    data_file = header.get("data file", header.get("datafile"))
+    if encoding not in _NRRD_OPENERS or kind is None or skips != (0, 0) or not sizes or min(sizes) < 1:
+        return None
+    if data_file is not None:
+        data_file = str(data_file).strip()
+        if not data_file or " " in data_file or data_file.upper().startswith("LIST"):
+            return None
+        data_file = Path(data_file) if os.path.isabs(data_file) else path.parent / data_file
+    dtype = np.dtype(kind)
+    if dtype.itemsize > 1:
+        endian = str(header.get("endian", "")).strip().lower()
+        if endian not in ("little", "big"):
+            return None
+        dtype = dtype.newbyteorder("<" if endian == "little" else ">")
+    components = reader.GetNumberOfComponents()
+    itk_size = tuple(int(n) for n in reader.GetSize())
+    if components > 1:  # SimpleITK: a vector image (c fastest in memory), here when the file's axis 0 is it
+        if reader.GetDimension() != 3 or sizes != (components,) + itk_size:
+            return None
+    elif sizes != itk_size and sizes != (1,) + itk_size:  # SimpleITK drops a list axis of 1 component
+        return None
+    return dtype, sizes if components > 1 else itk_size, data_file, _NRRD_OPENERS[encoding], offset, components > 1
+
+
+def _read_nrrd_pieces(path: Path, plan) -> tuple[np.ndarray, int]:
+    """The voxels of a NRRD (see :func:`_nrrd_plan`) as SimpleITK's ``ReadImage`` + ``GetArrayFromImage`` give
+    them to :func:`_read_sitk`, cast to float32, bit for bit and in the same shape and memory order (a vector
+    axis last, fastest in memory), NaN/Inf set to 0: read piece by piece (at most ``READ_PIECE_BYTES`` of raw
+    voxels at a time) into one preallocated float32 array. Returns the array and the NaN/Inf count."""
+    import bz2
+    import gzip
+
+    dtype, sizes, data_file, opener, offset, vector = plan
+    size = int(np.prod(sizes, dtype=np.int64))
+    flat = np.empty(size, dtype=np.float32)
+    out = flat.reshape(sizes, order="F")  # file order: NRRD axis 0 fastest
+    direct = dtype.kind == "f" and dtype.itemsize == 4
+    voxels = max(1, READ_PIECE_BYTES // max(dtype.itemsize, 4))
+    raw = None if direct else np.empty(min(voxels, size), dtype=dtype)
+    bad = 0
+    source = data_file if data_file is not None else path
+    if not source.is_file():
+        raise MRHNetError(f"{path}: its data file {source} does not exist")
+    try:
+        with open(source, "rb") as fh:
+            if data_file is None:
+                fh.seek(offset)
+            f = gzip.GzipFile(fileobj=fh, mode="rb") if opener == "gzip" else \
+                bz2.BZ2File(fh, mode="rb") if opener == "bz2" else fh
+            with f:
+                for a in range(0, size, voxels):
+                    m = min(voxels, size - a)
+                    target = flat[a:a + m] if direct else raw[:m]
+                    view = memoryview(target).cast("B")
+                    got = 0
+                    while got < len(view):
+                        n = f.readinto(view[got:])
+                        if not n:
+                            raise MRHNetError(f"{path}: cannot be read (expected {size * dtype.itemsize} bytes of "
+                                              f"voxel data in {source.name}, got {a * dtype.itemsize + got}); is "
+                                              "the file truncated or damaged?")
+                        got += n
+                    piece = flat[a:a + m]
+                    if direct:
+                        if not dtype.isnative:
+                            piece.byteswap(inplace=True)
+                    else:
+                        np.copyto(piece, target, casting="unsafe")
+                    bad += _zero_nonfinite(piece)
+    except MRHNetError:
+        raise
+    except Exception as exc:  # gzip, zlib, bz2 and the file system raise many types
+        raise MRHNetError(f"{path}: cannot be read ({_first_line(exc)}); is the file truncated or damaged?") from None
+    return (np.moveaxis(out, 0, -1) if vector else out), bad
+
+
 def read_volume(path: str | os.PathLike, allow_4d: bool = True) -> Volume:
     """Read a NIfTI, Analyze 7.5 or NRRD image; NaN/Inf voxels become 0 with a warning that counts them.
 
     NIfTI and Analyze voxels (gzipped or not) are read piece by piece into the float32 array that is
     returned, without a second full-size copy (unusual voxel types go through nibabel's own reading); the
-    values are those of nibabel's ``np.asanyarray(img.dataobj)`` cast to float32, bit for bit."""
+    values are those of nibabel's ``np.asanyarray(img.dataobj)`` cast to float32, bit for bit. So are raw,
+    gzip and bzip2 NRRD voxels (attached or detached), with the values, shape, memory order and affine of
+    SimpleITK's reading; other NRRDs (ascii, hex, skips) go through SimpleITK's ``ReadImage``."""
     path = Path(path)
     _check_exists(path)
     suffix = suffix_of(path)
     bad = None
     if suffix in NRRD_SUFFIXES:
-        image, data = _read_sitk(path)
+        import SimpleITK as sitk
+
+        reader = sitk.ImageFileReader()  # the geometry as SimpleITK reads it, no voxels
+        reader.SetFileName(str(path))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as exc:
+            raise MRHNetError(f"{path}: cannot be read as an image ({_first_line(exc)})") from None
+        plan = _nrrd_plan(path, reader) if reader.GetDimension() >= 3 else None
+        if plan is not None:
+            data, bad = _read_nrrd_pieces(path, plan)
+            image = reader
+        else:
+            image, data = _read_sitk(path)
         if image.GetDimension() < 3:
             raise MRHNetError(f"{path}: is a {image.GetDimension()}D image of shape {data.shape}; a 3D volume is needed")
         affine = _sitk_to_affine(image)
-        del image
+        del image, reader
     elif suffix in NIFTI_SUFFIXES + ANALYZE_SUFFIXES:
         import nibabel as nib
 

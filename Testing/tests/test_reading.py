@@ -217,3 +217,185 @@ def test_reading_a_gzipped_image_allocates_no_second_copy(tmp_path, dtype, monke
     assert peak < 1.15 * out_bytes, f"reading allocated {peak / 1e6:.1f} MB for a {out_bytes / 1e6:.1f} MB image"
     expected, _ = nibabel_reference(path)
     assert np.array_equal(volume.data.view(np.uint32), expected.view(np.uint32))
+
+
+# ---------------------------------------------------------------------------------------------
+# NRRD: the voxels of raw / gzip / bzip2 NRRDs (attached or detached) are read piece by piece too; the
+# result must be exactly what SimpleITK's ReadImage + GetArrayFromImage gave (shape, memory order, bits, affine)
+
+
+def sitk_reference(path: Path) -> tuple[np.ndarray, np.ndarray, int]:
+    """What ``read_volume`` returned for a NRRD before this change: SimpleITK's array (``_read_sitk``), reshaped,
+    cleaned slab by slab, and ``_sitk_to_affine`` of the image; and the NaN/Inf count."""
+    image, data = io._read_sitk(path)
+    affine = io._sitk_to_affine(image)
+    data, n = io._clean(data.reshape(volume_shape(data.shape, path)))
+    return data, affine, n
+
+
+def assert_same_as_sitk(path: Path, pieces: bool = True, reference: Path | None = None) -> np.ndarray:
+    """``read_volume(path)`` is ``sitk_reference(reference or path)`` bit for bit, strides and affine included."""
+    expected, affine, n_bad = sitk_reference(reference or path)
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    assert (io._nrrd_plan(path, reader) is not None) == pieces, path
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = read_volume(path)
+    messages = [str(w.message) for w in caught if "NaN/Inf" in str(w.message)]
+    assert messages == ([f"{path}: {n_bad} NaN/Inf voxels set to 0"] if n_bad else [])
+    assert got.data.dtype == np.float32 and got.data.shape == expected.shape
+    assert got.data.strides == expected.strides, (got.data.strides, expected.strides)
+    assert np.array_equal(got.data.view(np.uint32), expected.view(np.uint32)), path
+    assert np.array_equal(got.affine, affine) and got.affine.dtype == affine.dtype, (got.affine, affine)
+    return got.data
+
+
+NRRD_TYPES = {"i1": "int8", "u1": "uchar", "i2": "short", "u2": "ushort", "i4": "int", "u4": "uint", "i8": "int64",
+              "u8": "uint64", "f4": "float", "f8": "double"}
+OBLIQUE = np.array([[0.8, -0.36, 0.48], [0.6, 0.48, -0.64], [0.0, 0.8, 0.6]]) * np.array([0.9, 1.25, 2.0])
+
+
+def write_nrrd(path: Path, data: np.ndarray, dtype: str, *, endian: str = "little", encoding: str = "raw",
+               data_file: str | None = None, layout: str = "3d", directions: np.ndarray = OBLIQUE,
+               origin=(-12.5, 30.25, 7.0)) -> Path:
+    """Write ``data`` (indexed in file order, NRRD axis 0 first) as a NRRD by hand: ``layout`` 3d, vector (axis 0
+    a list of components, then 3 space axes), listlast (3 space axes, then a list) or plain4d (4 axes, no
+    space); the voxels attached or in ``data_file`` beside the header."""
+    np_type = np.dtype(dtype).newbyteorder("<" if endian == "little" else ">")
+    raw = np.asarray(data).astype(np_type).tobytes(order="F")
+    raw = {"raw": lambda b: b, "gzip": gzip.compress, "bzip2": __import__("bz2").compress}[encoding](raw)
+    vec = lambda v: "(" + ",".join(repr(float(x)) for x in v) + ")"  # noqa: E731
+    lines = ["NRRD0005", f"type: {NRRD_TYPES[np.dtype(dtype).str[1:]]}", f"dimension: {data.ndim}",
+             "sizes: " + " ".join(str(n) for n in data.shape), f"encoding: {encoding}"]
+    if np_type.itemsize > 1:
+        lines.append(f"endian: {endian}")
+    if layout != "plain4d":
+        dirs = [vec(d) for d in directions.T]
+        kinds = ["domain"] * 3
+        if layout == "vector":
+            dirs, kinds = ["none"] + dirs, ["list"] + kinds
+        elif layout == "listlast":
+            dirs, kinds = dirs + ["none"], kinds + ["list"]
+        lines += ["space: left-posterior-superior", "space directions: " + " ".join(dirs),
+                  "kinds: " + " ".join(kinds), f"space origin: {vec(origin)}"]
+    if data_file is not None:
+        lines.append(f"data file: {data_file}")
+        (path.parent / data_file).write_bytes(raw)
+        raw = b""
+    path.write_bytes(("\n".join(lines) + "\n\n").encode() + raw)
+    return path
+
+
+NRRD_CASES = [("<i2", "little"), ("<i2", "big"), ("u1", "little"), ("<f4", "little"), ("<f4", "big"),
+              ("<f8", "little"), ("<f8", "big"), ("<u2", "big"), ("<i4", "little"), ("<u4", "big"), ("i1", "little"),
+              ("<i8", "big"), ("<u8", "little")]
+
+
+@pytest.mark.parametrize("encoding", ["raw", "gzip", "bzip2"])
+@pytest.mark.parametrize("detached", [False, True])
+@pytest.mark.parametrize("dtype,endian", NRRD_CASES)
+def test_nrrd_voxels_equal_simpleitks(tmp_path, encoding, detached, dtype, endian, monkeypatch):
+    monkeypatch.setattr(io, "READ_PIECE_BYTES", 1000)  # many pieces, none aligned with the volume's rows
+    rng = np.random.default_rng(abs(hash((dtype, endian, encoding))) % 2 ** 32)
+    for layout, shape in (("3d", (7, 6, 5)), ("vector", (4, 7, 6, 5)), ("vector", (1, 7, 6, 5)),
+                          ("listlast", (7, 6, 5, 3)), ("plain4d", (5, 4, 3, 6))):
+        suffix = ".nhdr" if detached else ".nrrd"
+        name = f"{layout}-{shape[0]}"
+        data_file = None if not detached else f"{name}.raw" + {"raw": "", "gzip": ".gz", "bzip2": ".bz2"}[encoding]
+        voxels = values(rng, shape, dtype)
+        path = write_nrrd(tmp_path / f"{name}{suffix}", voxels, dtype, endian=endian, encoding=encoding,
+                          data_file=data_file, layout=layout)
+        reference = None
+        if encoding == "bzip2":  # SimpleITK's NrrdIO has no bzip2 (it refused these): compare with a raw twin
+            reference = write_nrrd(tmp_path / f"{name}-twin.nrrd", voxels, dtype, endian=endian, layout=layout)
+            with pytest.raises(MRHNetError):
+                io._read_sitk(path)
+        # SimpleITK reads a list axis that is not the fastest by permuting it: that one stays on its path
+        if layout == "listlast" and encoding == "bzip2":
+            continue
+        assert_same_as_sitk(path, pieces=layout != "listlast", reference=reference)
+
+
+@pytest.mark.parametrize("piece", [1, 12, 1 << 26])
+def test_nrrd_written_by_the_engine(tmp_path, piece, monkeypatch):
+    """NRRDs as ``write_volume`` (SimpleITK, gzip) and ``write_dwi_nrrd`` (pynrrd, gzip, DWMRI keys) write them;
+    ``read_dwi`` gives the same data and gradients as before."""
+    monkeypatch.setattr(io, "READ_PIECE_BYTES", piece)
+    rng = np.random.default_rng(piece)
+    affine = np.eye(4)
+    affine[:3, :3] = np.diag([-1.0, -1.0, 1.0]) @ OBLIQUE
+    affine[:3, 3] = (4.0, -2.5, 11.0)
+    data = values(rng, (8, 7, 6, 5), np.float32)
+    for d in (data, data[..., 2]):
+        path = io.write_volume(tmp_path / f"w{d.ndim}.nrrd", io.Volume(d, affine, "x"))
+        got = assert_same_as_sitk(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert np.allclose(read_volume(path).affine, affine)
+        assert np.array_equal(got.view(np.uint32), np.where(np.isfinite(d), d, np.float32(0)).view(np.uint32))
+    grads = io.Gradients(np.array([0, 1000, 1000, 2000, 2000.0]), rng.normal(size=(5, 3)))
+    path = io.write_dwi_nrrd(tmp_path / "dwi.nrrd", io.Volume(data, affine, "dwi"), grads)
+    assert_same_as_sitk(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        volume, got_grads = io.read_dwi(path)
+    expected, expected_affine, _ = sitk_reference(path)
+    assert np.array_equal(volume.data.view(np.uint32), expected.view(np.uint32))
+    assert np.array_equal(volume.affine, expected_affine)
+    reference = io.read_nrrd_gradients(path)
+    assert np.array_equal(got_grads.bvals, reference.bvals) and np.array_equal(got_grads.bvecs, reference.bvecs)
+    assert np.allclose(got_grads.bvals, grads.bvals) and np.allclose(got_grads.bvecs[1:], grads.bvecs[1:], atol=1e-6)
+
+
+def test_nrrd_other_encodings_go_through_simpleitk(tmp_path):
+    """ascii (and a byte skip) are not read in pieces; the result is SimpleITK's, as before."""
+    rng = np.random.default_rng(5)
+    data = rng.integers(-300, 300, size=(5, 4, 3)).astype(np.int16)
+    path = write_nrrd(tmp_path / "a.nrrd", data, "<i2")
+    text = path.read_bytes().split(b"\n\n", 1)[0].replace(b"encoding: raw", b"encoding: ascii")
+    path.write_bytes(text + b"\n\n" + " ".join(str(v) for v in data.reshape(-1, order="F")).encode() + b"\n")
+    assert_same_as_sitk(path, pieces=False)
+    path = write_nrrd(tmp_path / "s.nhdr", data, "<i2", data_file="s.raw")
+    path.write_bytes(path.read_bytes().replace(b"data file:", b"byte skip: 16\ndata file:"))
+    (tmp_path / "s.raw").write_bytes(b"x" * 16 + (tmp_path / "s.raw").read_bytes())
+    assert_same_as_sitk(path, pieces=False)
+
+
+@pytest.mark.parametrize("encoding", ["raw", "gzip"])
+def test_nrrd_truncated_or_missing_data_refused(tmp_path, encoding, monkeypatch):
+    monkeypatch.setattr(io, "READ_PIECE_BYTES", 256)
+    data = np.ones((8, 8, 8, 4), np.float32)
+    path = write_nrrd(tmp_path / "t.nhdr", data, "<f4", encoding=encoding, data_file="t.raw", layout="plain4d")
+    whole = (tmp_path / "t.raw").read_bytes()
+    (tmp_path / "t.raw").write_bytes(whole[:-1000] if encoding == "raw" else whole[:-400])
+    with pytest.raises(MRHNetError, match="truncated or damaged"):
+        read_volume(path)
+    (tmp_path / "t.raw").unlink()
+    with pytest.raises(MRHNetError, match="does not exist|cannot be read"):
+        read_volume(path)
+
+
+def test_reading_a_gzipped_nrrd_allocates_no_second_copy(tmp_path, monkeypatch):
+    """Reading a gzip NRRD of int16 voxels (12.6 MB as float32) allocates the returned array and pieces of
+    bounded size; SimpleITK's path allocated GetArrayFromImage's int16 copy and then the float32 cast (and its
+    own C++ buffer, which tracemalloc does not see)."""
+    monkeypatch.setattr(io, "READ_PIECE_BYTES", 256 << 10)
+    shape = (96, 64, 32, 16)
+    data = (np.arange(np.prod(shape), dtype=np.int64).reshape(shape, order="F") % 997).astype(np.int16)
+    path = write_nrrd(tmp_path / "big.nrrd", np.moveaxis(data, 3, 0), "<i2", encoding="gzip", layout="vector")
+    out_bytes = data.size * 4
+    read_volume(path)  # warm-up: imports
+    tracemalloc.start()
+    try:
+        volume = read_volume(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.15 * out_bytes, f"reading allocated {peak / 1e6:.1f} MB for a {out_bytes / 1e6:.1f} MB image"
+    assert volume.data.shape == shape and np.array_equal(volume.data, data.astype(np.float32))
+    expected, _, _ = sitk_reference(path)
+    assert np.array_equal(volume.data.view(np.uint32), expected.view(np.uint32))
