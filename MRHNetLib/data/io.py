@@ -204,36 +204,44 @@ def _read_nibabel_pieces(img, path: Path) -> tuple[np.ndarray, int]:
         inter = inter.astype(slope.dtype)
     size = int(np.prod(shape, dtype=np.int64))
     flat = np.empty(size, dtype=np.float32)
-    out = flat.reshape(shape, order=proxy.order)
     scaled = apply_read_scaling(np.zeros(1, raw_dtype), slope, inter)
     direct = raw_dtype.kind == "f" and raw_dtype.itemsize == 4 and scaled.dtype.kind == "f" and \
         scaled.dtype.itemsize == 4 and (float(slope), float(inter)) == (1.0, 0.0)
     widest = max(raw_dtype.itemsize, scaled.dtype.itemsize, 4)
-    voxels = max(1, READ_PIECE_BYTES // widest)
-    raw = None if direct else np.empty(min(voxels, size), dtype=raw_dtype)
-    bad = 0
     with ImageOpener(proxy.file_like, "rb") as f:
         f.seek(proxy.offset)
-        for a in range(0, size, voxels):
-            m = min(voxels, size - a)
-            target = flat[a:a + m] if direct else raw[:m]
-            view = memoryview(target).cast("B")
-            got = 0
-            while got < len(view):
-                n = f.readinto(view[got:])
-                if not n:
-                    raise MRHNetError(f"{path}: cannot be read (expected {size * raw_dtype.itemsize} bytes of "
-                                      f"voxel data, got {a * raw_dtype.itemsize + got}); is the file truncated "
-                                      "or damaged?")
-                got += n
-            piece = flat[a:a + m]
-            if direct:
-                if not raw_dtype.isnative:
-                    piece.byteswap(inplace=True)
-            else:
-                np.copyto(piece, apply_read_scaling(target, slope, inter), casting="unsafe")
-            bad += _zero_nonfinite(piece)
-    return out, bad
+        bad = _read_pieces(f, flat, raw_dtype, max(1, READ_PIECE_BYTES // widest),
+                           None if direct else (lambda raw: apply_read_scaling(raw, slope, inter)),
+                           lambda got: f"{path}: cannot be read (expected {size * raw_dtype.itemsize} bytes of "
+                                       f"voxel data, got {got}); is the file truncated or damaged?")
+    return flat.reshape(shape, order=proxy.order), bad
+
+
+def _read_pieces(f, flat: np.ndarray, dtype: np.dtype, voxels: int, convert, truncated) -> int:
+    """Fill the float32 ``flat`` with its size in voxels of ``dtype`` from the open file ``f``, ``voxels`` at a
+    time: ``convert(raw)`` gives a piece's values (None: float32 voxels read in place, byte-swapped if need be).
+    NaN/Inf are set to 0; returns their count. ``truncated(bytes read)`` is the error when the data end early."""
+    size = flat.size
+    raw = None if convert is None else np.empty(min(voxels, size), dtype=dtype)
+    bad = 0
+    for a in range(0, size, voxels):
+        m = min(voxels, size - a)
+        target = flat[a:a + m] if convert is None else raw[:m]
+        view = memoryview(target).cast("B")
+        got = 0
+        while got < len(view):
+            n = f.readinto(view[got:])
+            if not n:
+                raise MRHNetError(truncated(a * dtype.itemsize + got))
+            got += n
+        piece = flat[a:a + m]
+        if convert is None:
+            if not dtype.isnative:
+                piece.byteswap(inplace=True)
+        else:
+            np.copyto(piece, convert(target), casting="unsafe")
+        bad += _zero_nonfinite(piece)
+    return bad
 
 
 _NRRD_TYPES = {  # NRRD type names (teem's spellings) -> numpy kind and size; "block" has none
@@ -308,9 +316,6 @@ def _read_nrrd_pieces(path: Path, plan) -> tuple[np.ndarray, int]:
     flat = np.empty(size, dtype=np.float32)
     out = flat.reshape(sizes, order="F")  # file order: NRRD axis 0 fastest
     direct = dtype.kind == "f" and dtype.itemsize == 4
-    voxels = max(1, READ_PIECE_BYTES // max(dtype.itemsize, 4))
-    raw = None if direct else np.empty(min(voxels, size), dtype=dtype)
-    bad = 0
     source = data_file if data_file is not None else path
     if not source.is_file():
         raise MRHNetError(f"{path}: its data file {source} does not exist")
@@ -321,25 +326,11 @@ def _read_nrrd_pieces(path: Path, plan) -> tuple[np.ndarray, int]:
             f = gzip.GzipFile(fileobj=fh, mode="rb") if opener == "gzip" else \
                 bz2.BZ2File(fh, mode="rb") if opener == "bz2" else fh
             with f:
-                for a in range(0, size, voxels):
-                    m = min(voxels, size - a)
-                    target = flat[a:a + m] if direct else raw[:m]
-                    view = memoryview(target).cast("B")
-                    got = 0
-                    while got < len(view):
-                        n = f.readinto(view[got:])
-                        if not n:
-                            raise MRHNetError(f"{path}: cannot be read (expected {size * dtype.itemsize} bytes of "
-                                              f"voxel data in {source.name}, got {a * dtype.itemsize + got}); is "
-                                              "the file truncated or damaged?")
-                        got += n
-                    piece = flat[a:a + m]
-                    if direct:
-                        if not dtype.isnative:
-                            piece.byteswap(inplace=True)
-                    else:
-                        np.copyto(piece, target, casting="unsafe")
-                    bad += _zero_nonfinite(piece)
+                bad = _read_pieces(f, flat, dtype, max(1, READ_PIECE_BYTES // max(dtype.itemsize, 4)),
+                                   None if direct else (lambda raw: raw),
+                                   lambda got: f"{path}: cannot be read (expected {size * dtype.itemsize} bytes of "
+                                               f"voxel data in {source.name}, got {got}); is the file truncated "
+                                               "or damaged?")
     except MRHNetError:
         raise
     except Exception as exc:  # gzip, zlib, bz2 and the file system raise many types
