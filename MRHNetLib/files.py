@@ -18,7 +18,7 @@ import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 PARTIAL = ".partial-"
 STALE_AFTER_S = 24 * 3600  # a temporary of another machine (shared folder) older than this is stale
@@ -179,3 +179,18 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def remove_own_files(folder: str | os.PathLike, ours: Callable[[str], bool]) -> None:
+    """Delete the plain files of ``folder`` whose names ``ours`` recognises, then the folder if that emptied
+    it: anything else (a user's file, a link) is never deleted, and the folder then stays with it."""
+    folder = Path(folder)
+    if folder.is_symlink() or not folder.is_dir():
+        return
+    for p in folder.iterdir():
+        if p.is_file() and not p.is_symlink() and ours(p.name):
+            p.unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:
+        pass

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..errors import MRHNetError
-from ..files import atomic_write_bytes, atomic_write_text, read_json, sha256_file
+from ..files import atomic_write_bytes, atomic_write_text, read_json, remove_own_files, sha256_file
 
 STATE = "checkpoint.json"
 FORMAT = "mrhnet-checkpoint"
@@ -95,16 +95,7 @@ def save_checkpoint(folder: str | os.PathLike, state: dict[str, Any], tag: str) 
 def remove_checkpoint(folder: str | os.PathLike) -> None:
     """Remove a checkpoint folder's files (and their temporaries), then the folder if that emptied it;
     files that :func:`save_checkpoint` did not write are left alone."""
-    folder = Path(folder)
-    if folder.is_symlink() or not folder.is_dir():
-        return
-    for p in folder.iterdir():
-        if p.is_file() and not p.is_symlink() and _is_checkpoint_file(p.name):
-            p.unlink(missing_ok=True)
-    try:
-        folder.rmdir()
-    except OSError:
-        pass
+    remove_own_files(folder, _is_checkpoint_file)
 
 
 def _is_checkpoint_file(name: str) -> bool:

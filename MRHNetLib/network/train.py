@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 from .config import TrainConfig, config_for, gui_defaults, option_specs  # noqa: F401 (the API)
 from .checkpoint import has_checkpoint, load_checkpoint, remove_checkpoint, save_checkpoint
-from ..files import atomic_write_bytes, atomic_write_text
+from ..files import atomic_write_bytes, atomic_write_text, remove_own_files
 from ..errors import MRHNetError, Progress, ProgressCallback, as_progress
 from .model import MRHNet, init_weights, reinit_conv
 from .modelfile import SUFFIX, LoadedModel, ModelInfo, check_model_path, load_model, save_model
@@ -135,13 +135,7 @@ def remove_run_dir(run_dir: str | os.PathLike) -> None:
     if run_dir.is_symlink() or not run_dir.is_dir():
         return
     remove_checkpoint(run_dir / "checkpoint")
-    for p in run_dir.iterdir():
-        if p.is_file() and not p.is_symlink() and _is_run_file(p.name):
-            p.unlink(missing_ok=True)
-    try:
-        run_dir.rmdir()
-    except OSError:
-        pass
+    remove_own_files(run_dir, _is_run_file)
 
 
 def _is_run_file(name: str) -> bool:
