@@ -109,15 +109,24 @@ def run_train(spec: dict[str, Any], emit: Emit) -> dict[str, Any]:
     config = config_for("finetune" if base else "train", **spec.get("options", {}))
     run_dir = Path(spec["run_dir"])
     report = progress_reporter(emit)
-    shown = 0
+    shown, stamp = 0, None
 
     def progress(fraction: float, message: str = "") -> None:
-        nonlocal shown
+        """Progress (every batch), and one epoch event per new row of the run's log, read only when the
+        log file changed (it is rewritten once an epoch)."""
+        nonlocal shown, stamp
         report(fraction, message)
+        try:
+            st = (run_dir / "log.json").stat()
+        except OSError:
+            return
+        if (st.st_mtime_ns, st.st_size) == stamp:
+            return
         try:
             history = read_log(run_dir)
         except MRHNetError:
             return
+        stamp = (st.st_mtime_ns, st.st_size)
         for row in history[shown:]:
             emit({"event": "epoch", **row})
         shown = len(history)
