@@ -389,21 +389,16 @@ def header_subject_of(inputs: Inputs):
 
 
 def read_subject_nodes(scene, folder: Path, name: str) -> Iterator[tuple[str, Any]]:
-    """A subject folder's images as new scene nodes, one per step: ``name`` for the T2w, ``name role``
-    for the others (DWI shells as DWI nodes, the mask as a labelmap); nodes keep no link to the files."""
+    """A subject folder's images as new scene nodes, one per step, named as
+    :func:`~MRHNetLib.gui.scene.add_subject_nodes` names them; nodes keep no link to the files."""
     from ..data.io import read_dwi, read_volume
     from ..data.protocol import DWI_ROLES
     from ..data.subject import DWI, _find
 
-    roles = list(INPUT_ROLES) + ["mask", "af", "nf", "mbp"]
-    for role in roles:
+    for role in list(INPUT_ROLES) + ["mask", "af", "nf", "mbp"]:
         path = _find(folder, role)
         if path is None:
             continue
-        label = name if role == "t2w" else f"{name} {role}"
-        if role in DWI_ROLES:
-            volume, grads = read_dwi(path, folder / f"{role}.bval", folder / f"{role}.bvec")
-            yield role, sc.add_dwi_node(scene, DWI(volume, grads), label)
-        else:
-            cls = "vtkMRMLLabelMapVolumeNode" if role == "mask" else "vtkMRMLScalarVolumeNode"
-            yield role, sc.add_volume_node(scene, read_volume(path, allow_4d=False), label, cls)
+        image = DWI(*read_dwi(path, folder / f"{role}.bval", folder / f"{role}.bvec")) if role in DWI_ROLES \
+            else read_volume(path, allow_4d=False)
+        yield role, sc.add_role_node(scene, role, image, name)

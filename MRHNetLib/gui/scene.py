@@ -689,13 +689,18 @@ def add_subject_nodes(scene, subject: Subject, name: str | None = None) -> dict[
     """Every image of an engine subject as scene nodes (DWI shells as DWI nodes, the mask as a labelmap),
     named ``<name> <role>`` with the T2w named just ``<name>``; returns role -> node."""
     name = name or subject.name
-    nodes: dict[str, Any] = {}
-    for role, vol in subject.images.items():
-        cls = "vtkMRMLLabelMapVolumeNode" if role == "mask" else "vtkMRMLScalarVolumeNode"
-        nodes[role] = add_volume_node(scene, vol, name if role == "t2w" else f"{name} {role}", cls)
-    for role, dwi in subject.dwi.items():
-        nodes[role] = add_dwi_node(scene, dwi, f"{name} {role}")
-    return nodes
+    return {role: add_role_node(scene, role, image, name)
+            for role, image in list(subject.images.items()) + list(subject.dwi.items())}
+
+
+def add_role_node(scene, role: str, image: Volume | DWI, name: str):
+    """One image of a subject as a new node: a DWI node for a shell, a labelmap for the mask, else a scalar
+    volume; named ``<name>`` for the T2w and ``<name> <role>`` for the others."""
+    label = name if role == "t2w" else f"{name} {role}"
+    if isinstance(image, DWI):
+        return add_dwi_node(scene, image, label)
+    return add_volume_node(scene, image, label,
+                           "vtkMRMLLabelMapVolumeNode" if role == "mask" else "vtkMRMLScalarVolumeNode")
 
 
 def gradients_from_path(path: str | os.PathLike, affine: np.ndarray) -> Gradients:
