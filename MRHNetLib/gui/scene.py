@@ -530,11 +530,6 @@ def publish_outputs(scene, results: dict[str, Volume], source, *, show: bool = T
     return out
 
 
-def set_outputs(scene, source, maps: dict[str, Volume], show: bool = False, **kwargs: Any) -> dict[str, Any]:
-    """:func:`publish_outputs` without touching the views by default (for callers that manage views)."""
-    return publish_outputs(scene, maps, source, show=show, **kwargs)
-
-
 def show_subject(scene, subject: Subject, role: str | None = None):
     """Put one of a subject's images (T2w by default: its reference) in the scene as a grey volume node,
     reusing the node shown earlier for the same subject name; returns the node (a background)."""
@@ -656,33 +651,7 @@ class LossPlot:
 
 
 # ---------------------------------------------------------------------------------------------
-# Inference on scene nodes (used by the Slicer module's Apply and console call)
-
-
-def load_models(models: Iterable[Any]) -> list[Any]:
-    """Loaded models from catalog names (``af``), model folders or already loaded models."""
-    from ..network.catalog import resolve
-    from ..network.modelfile import LoadedModel, load_model
-
-    loaded = [m if isinstance(m, LoadedModel) else load_model(resolve(m)) for m in models]
-    if not loaded:
-        raise MRHNetError("choose at least one model")
-    return loaded
-
-
-def model_problems(subject: Subject, models: Iterable[Any]) -> list[str]:
-    """The engine's protocol-check message for every model the subject does not fit (empty: all fit)."""
-    from ..network.infer import check_subject
-
-    problems = []
-    for model in models:
-        try:
-            found = check_subject(subject, model)
-        except MRHNetError as exc:
-            found = str(exc)
-        if found:
-            problems.append(f"{model.name}: {found if isinstance(found, str) else '; '.join(found)}")
-    return problems
+# Subjects as nodes, gradient files
 
 
 def add_subject_nodes(scene, subject: Subject, name: str | None = None) -> dict[str, Any]:
