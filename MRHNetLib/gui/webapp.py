@@ -143,11 +143,17 @@ def available_devices() -> list[str]:
 
 def evaluation_rows(summary: dict[str, Any]) -> list[list[str]]:
     """The page's evaluation table from an evaluation summary (:func:`MRHNetLib.evaluation.evaluate.evaluate`):
-    SSIM, r and AUC of each network map, r and AUC of each single marker."""
+    SSIM, r and AUC of each network map and of each baseline fit (when the evaluation trained them), r and
+    AUC of each single marker."""
+    from ..evaluation.baselines import BASELINE_NAMES
+
     rows = [["map", "SSIM", "r", "AUC"]]
     for target, entry in summary.get("targets", {}).items():
         n = entry["network"]
         rows.append([f"{target.upper()} network", _fmt(n["ssim"]), _fmt(n["pearson_r"]), _fmt(n["auc"])])
+        for kind, b in entry.get("baselines", {}).items():
+            rows.append([f"{target.upper()} {BASELINE_NAMES.get(kind, kind)} (baseline)", _fmt(b.get("ssim")),
+                         _fmt(b.get("pearson_r")), _fmt(b.get("auc"))])
         for name, m in entry["markers"].items():
             rows.append([f"{name} alone ({m['sign']})", "", _fmt(m["pearson_r"]), _fmt(m["auc"])])
     return rows

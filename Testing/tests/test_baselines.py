@@ -8,6 +8,7 @@ import pytest
 
 from MRHNetLib.cli import main
 from MRHNetLib.errors import MRHNetError
+from MRHNetLib.gui.webapp import evaluation_rows
 from MRHNetLib.evaluation.baselines import baseline_maps, fit_predict, sample_rows, subject_baselines, training_rows
 from MRHNetLib.evaluation.evaluate import agreement, evaluate
 from MRHNetLib.simulation.phantom import simulate_subject
@@ -74,6 +75,10 @@ def test_baselines_are_computed_and_reported(brains, tmp_path):
     assert "| ridge fit (baseline) |" in md and "| gradient boosting (baseline) |" in md and "| R^2 |" in md
     assert "simulated brain R2" in md and "real brains (Liang et al. 2022; other data)" in md
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = {r[0]: r for r in evaluation_rows(ev.summary)}  # the web app's table shows them too
+    ridge = ev.summary["targets"]["nf"]["baselines"]["ridge"]
+    assert rows["NF ridge fit (baseline)"][2] == f"{ridge['pearson_r']:.3f}"
+    assert "AF gradient boosting (baseline)" in rows and "AF network" in rows
 
 
 def test_refusals(brains):
