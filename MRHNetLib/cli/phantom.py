@@ -70,7 +70,7 @@ def register(subparsers) -> None:
                    help="nonlinear stain response 255 (v/255)^G of each truth map, 0.8..1.25")
     p.add_argument("--physics-set", choices=("default", "calibrated"), default="default",
                    help="named physics set: default (literature values; unchanged output) or calibrated "
-                        "(T2, MT and receiver scaling calibrated against the original authors' AF networks, "
+                        "(T2, MT, diffusion and receiver scaling calibrated against the original authors' AF networks, "
                         "meant for the original protocol, --protocol Resources/protocols/original.json; see "
                         "Resources/networks/original/README.md)")
     p.add_argument("--overwrite", action="store_true", help="replace files in existing subject folders")

@@ -19,9 +19,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..errors import MRHNetError
-from .shift import PHYSICS_RANGES
-from .tissue import PHYSICS, ExVivo7T
+from .tissue import MYELIN_MAX, PHYSICS, ExVivo7T, Tissue, dwi_signal, mt_signals, tissue_t2
 
 
 @dataclass(frozen=True)
@@ -41,31 +42,64 @@ GAIN_SOURCE = ("assumption: each scan is stored with its own receiver gain (set 
                "automatic adjustment) and reconstruction scaling, not recorded with the original data; "
                "relative to the T2w scan, a factor of 4 either way")
 
-# Calibrated values (Resources/networks/original/calibrate.py; README table). Physics ranges are those
-# of MRHNetLib.simulation.shift.PHYSICS_RANGES (sources in MRHNetLib.simulation.tissue).
-CALIBRATED_PHYSICS: dict[str, float] = {
-    "k_exchange": 9.86,         # 1/s; default 8
-    "d_cells": 0.000149,        # mm^2/s; default 0.0001
-    "r2_base": 0.0235,          # 1/ms (T2 42.6 ms); default 1/48
-    "r2_myelin": 0.0354,        # 1/ms per unit myelin; default 0.045
+# The ranges a calibration may use: published ex vivo (fixed tissue, 7 T, room temperature) ranges, wider
+# than the test-time shift's ranges around the default (MRHNetLib.simulation.shift.PHYSICS_RANGES).
+# name: (low, high, what, source)
+CALIBRATION_RANGES: dict[str, tuple[float, float, str, str]] = {
+    "r2_base": (1 / 60.0, 1 / 35.0, "1/ms, T2 35-60 ms of tissue without myelin or cell bodies",
+                "Shepherd et al., Magn Reson Med 2009; Birkl et al., NMR Biomed 2016 (fixed grey matter T2 "
+                "about 35-45 ms at 7 T)"),
+    "r2_myelin": (0.03, 0.06, "1/ms per unit myelin fraction",
+                  "Shepherd et al., Magn Reson Med 2009 (fixed white matter T2 about 25-30 ms at 7 T)"),
+    "r2_cells": (0.0, 0.025, "1/ms per unit cell-body fraction",
+                 "assumption: cell bodies shorten tissue T2 slightly or not at all (0 = no effect)"),
+    "k_exchange": (5.0, 25.0, "1/s, effective free/bound exchange rate",
+                   "Henkelman et al., Magn Reson Med 1993 (binary spin-bath model); effective value, its "
+                   "forward rate k F of about 0.5-5 /s brackets quantitative-MT values of brain tissue "
+                   "(Stanisz et al., Magn Reson Med 2005)"),
+    "bound_per_myelin": (0.35, 0.60, "bound-pool fraction per unit myelin",
+                         "Stanisz et al., Magn Reson Med 2005; Sled & Pike, Magn Reson Med 2001 (F 0.1 grey, "
+                         "0.2 white matter); Schmierer et al., Magn Reson Med 2008 (fixation raises MTR)"),
+    "mt_duty": (0.10, 0.30, "effective fraction of time the saturation is on",
+                "assumption: folds the train of Gaussian saturation pulses (their length and spacing are "
+                "not in the method files) into a continuous-wave equivalent"),
+    "d_extra": (0.3e-3, 0.8e-3, "mm^2/s, extra-axonal parallel diffusivity",
+                "Alexander et al., NeuroImage 2010 (0.6 um^2/ms for fixed tissue); D'Arceuil et al., "
+                "NeuroImage 2007 (fixation lowers diffusivity two- to three-fold from in vivo values)"),
+    "d_cells": (0.1e-3, 0.5e-3, "mm^2/s, apparent diffusivity of water in cell bodies",
+                "Shepherd et al., NeuroImage 2006 (fixed rat hippocampus: MD 0.32 um^2/ms in the granule "
+                "cell layer, 0.24 in the molecular layer); Zhang et al., NeuroImage 2002 (fixed mouse "
+                "hippocampus: the cell layers stand out by their isotropic diffusion); somata (radius "
+                "5-10 um) are larger than the diffusion length at Delta 15 ms (about 4 um)"),
 }
-CALIBRATED_GAINS: dict[str, float] = {"mt": 0.609, "dwi": 0.28}  # relative to T2w (default 1, 1)
 
-PHYSICS_SOURCES: dict[str, str] = {
-    "bound_per_myelin": "Stanisz et al., Magn Reson Med 2005; Sled & Pike, Magn Reson Med 2001 (F 0.1 grey, "
-                        "0.2 white matter); Schmierer et al., Magn Reson Med 2008 (fixation raises MTR)",
-    "mt_b1_ut": "Liang et al., eLife 2022 (20 uT nominal); +-10 % B1 calibration error (assumption)",
-    "r2_base": "Shepherd et al., Magn Reson Med 2009; Birkl et al., NMR Biomed 2016 (fixed grey matter "
-               "T2 35-45 ms at 7 T)",
-    "r2_myelin": "Shepherd et al., Magn Reson Med 2009 (fixed white matter T2 25-30 ms at 7 T)",
-    "k_exchange": "Henkelman et al., Magn Reson Med 1993; effective value (assumption)",
-    "bound_per_tissue": "Stanisz et al., Magn Reson Med 2005",
-    "r2_cells": "assumption (cell-dense grey matter slightly shorter T2)",
-    "d_cells": "assumption: restricted water in cell bodies, below the fixed-tissue diffusivities of "
-               "Alexander et al., NeuroImage 2010 and D'Arceuil et al., NeuroImage 2007",
-    "d_axon": "Alexander et al., NeuroImage 2010; D'Arceuil et al., NeuroImage 2007",
-    "d_extra": "Alexander et al., NeuroImage 2010; D'Arceuil et al., NeuroImage 2007",
+# Calibrated values (Resources/networks/original/calibrate.py; README table), each inside its
+# CALIBRATION_RANGES entry.
+CALIBRATED_PHYSICS: dict[str, float] = {
+    "r2_base": 0.0244,          # 1/ms (T2 41.0 ms); default 1/48
+    "r2_myelin": 0.0567,        # 1/ms per unit myelin; default 0.045
+    "r2_cells": 0.00145,        # 1/ms per unit cells; default 0.02
+    "k_exchange": 14.6,         # 1/s; default 8
+    "bound_per_myelin": 0.377,  # default 0.45
+    "mt_duty": 0.22,            # default 0.15
+    "d_extra": 0.000668,        # mm^2/s; default 0.0005
+    "d_cells": 0.000464,        # mm^2/s; default 0.0001
 }
+CALIBRATED_GAINS: dict[str, float] = {"mt": 0.805, "dwi": 0.524}  # relative to T2w (default 1, 1)
+
+# Published contrasts of fixed mouse / rat brain at 7-14 T, room temperature: what the calibrated set must
+# still give (guard against fits that please a network but are not MRI). name: (low, high, source)
+REFERENCE_CONTRASTS: dict[str, tuple[float, float, str]] = {
+    "t2_grey_ms": (35.0, 45.0, "Shepherd et al., Magn Reson Med 2009; Birkl et al., NMR Biomed 2016"),
+    "t2_white_ms": (25.0, 30.0, "Shepherd et al., Magn Reson Med 2009"),
+    "mtr_grey": (0.3, 0.6, "Schmierer et al., Magn Reson Med 2008 (fixed tissue MTR about 0.3-0.6)"),
+    "mtr_white": (0.3, 0.6, "Schmierer et al., Magn Reson Med 2008 (fixed tissue MTR about 0.3-0.6)"),
+    "md_grey_um2_ms": (0.15, 0.45, "Shepherd et al., NeuroImage 2006 (0.24-0.32 um^2/ms at b 1250); "
+                                    "D'Arceuil et al., NeuroImage 2007"),
+}
+# Reported beside them, not required: cell-dense over cell-poor grey matter MD, 0.318 / 0.238 = 1.34 in the
+# granule and molecular layers of fixed rat hippocampus (Shepherd et al., NeuroImage 2006).
+CELL_LAYER_MD_RATIO = 1.34
 
 SETS = ("default", "calibrated")
 
@@ -77,8 +111,8 @@ def parameters(name: str = "calibrated") -> list[Parameter]:
         return []
     out = []
     for key, value in CALIBRATED_PHYSICS.items():
-        lo, hi, what = PHYSICS_RANGES[key]
-        out.append(Parameter(key, float(value), lo, hi, what, PHYSICS_SOURCES.get(key, "see tissue.py")))
+        lo, hi, what, source = CALIBRATION_RANGES[key]
+        out.append(Parameter(key, float(value), lo, hi, what, source))
     for key, value in CALIBRATED_GAINS.items():
         out.append(Parameter(f"gain_{key}", float(value), *GAIN_RANGE,
                              f"receiver scaling of the {key.upper()} images relative to T2w", GAIN_SOURCE))
@@ -102,3 +136,33 @@ def out_of_range(name: str = "calibrated") -> list[str]:
     """Parameters of a set outside their stated range (empty when all are inside)."""
     return [f"{p.name} = {p.value:g} outside {p.low:g}..{p.high:g}" for p in parameters(name)
             if not (p.low - 1e-12 <= p.value <= p.high + 1e-12)]
+
+
+def contrasts(tissue: Tissue, physics: ExVivo7T = PHYSICS, b: float = 2000.0) -> dict[str, float]:
+    """Median MRI contrasts of grey and white matter under ``physics``, as :data:`REFERENCE_CONTRASTS` names
+    them: tissue-water T2 (ms), image MTR (1 - MT-on / MT-off), mean diffusivity at ``b`` (um^2/ms, from three
+    orthogonal directions) and the MD of cell-dense over cell-poor grey matter (top / bottom quartile).
+
+    Grey matter: myelin below 15 % of its maximum and no free water; white matter: myelin above 60 %."""
+    myelin = tissue.myelin / MYELIN_MAX
+    solid = (tissue.water < 0.05) & (tissue.partial >= 0.99)
+    grey, white = solid & (myelin < 0.15), solid & (myelin > 0.6)
+    if grey.sum() < 8 or white.sum() < 8:
+        raise MRHNetError("contrasts need at least 8 grey- and 8 white-matter voxels")
+    t2 = tissue_t2(tissue, physics)
+    on, off = mt_signals(tissue, physics)
+    mtr = 1.0 - on / np.maximum(off, 1e-12)
+    s = dwi_signal(tissue, np.array([0.0, b, b, b]), np.vstack([np.zeros(3), np.eye(3)]), physics)
+    md = -np.log(np.maximum(s[:, 1:], 1e-12) / np.maximum(s[:, :1], 1e-12)).mean(axis=1) / b * 1e3
+    cells = tissue.cells[grey]
+    rich, poor = cells >= np.percentile(cells, 75), cells <= np.percentile(cells, 25)
+    med = lambda v, m: float(np.median(v[m]))  # noqa: E731
+    return {"t2_grey_ms": med(t2, grey), "t2_white_ms": med(t2, white), "mtr_grey": med(mtr, grey),
+            "mtr_white": med(mtr, white), "md_grey_um2_ms": med(md, grey),
+            "md_cell_layer_over_neuropil": float(np.median(md[grey][rich]) / np.median(md[grey][poor]))}
+
+
+def contrast_problems(values: dict[str, float]) -> list[str]:
+    """The contrasts of :func:`contrasts` outside their published :data:`REFERENCE_CONTRASTS` range."""
+    return [f"{k} = {values[k]:.3g} outside {lo:g}..{hi:g}" for k, (lo, hi, _) in REFERENCE_CONTRASTS.items()
+            if not lo <= values[k] <= hi]

@@ -62,7 +62,11 @@ class ExVivo7T:
     has 2.0 um^2/ms. Compartments as in the taxonomy of Panagiotaki et al. (NeuroImage 2012;59:2241-54):
     stick (intra-axonal), zeppelin with tortuosity (extra-axonal, Szafer et al., Magn Reson Med 1995;
     33:697-712), slow isotropic "dot/sphere" (cell bodies), ball (free water). Orientation dispersion is
-    a mixture of the aligned and the powder-averaged (fully dispersed) compartment signal.
+    a mixture of the aligned and the powder-averaged (fully dispersed) compartment signal. Cell bodies
+    (somata, radius 5-10 um) are larger than the diffusion length of fixed tissue at Delta 15 ms (about
+    4 um), and cell layers of fixed hippocampus have a higher MD than the neuropil around them (Shepherd et
+    al., NeuroImage 2006;32:1499-509), so ``d_cells`` need not be slow; the default keeps the slow value
+    and the calibrated set (:mod:`MRHNetLib.simulation.calibration`) raises it.
     Diffusivities below are in mm^2/s (1 um^2/ms = 1e-3 mm^2/s) to match b in s/mm^2.
     """
 
@@ -93,7 +97,7 @@ class ExVivo7T:
     pd_free: float = 1.0
     d_axon: float = 0.5e-3        # intra-axonal parallel diffusivity, mm^2/s
     d_extra: float = 0.5e-3       # extra-axonal parallel diffusivity
-    d_cells: float = 0.1e-3       # apparent diffusivity of water in cell bodies (restricted)
+    d_cells: float = 0.1e-3       # apparent diffusivity of water in cell bodies
     d_free: float = 2.0e-3        # free fluid at room temperature
 
 
@@ -227,8 +231,9 @@ def dwi_signal(t: Tissue, bvals: np.ndarray, bvecs: np.ndarray, p: ExVivo7T = PH
 
     Stick (axons, d_axon) and zeppelin (extra-cellular, parallel d_extra, radial ``d_extra * (1 - v)`` with
     v the axon share of the hindered + axon space, the tortuosity limit) along ``direction``, each mixed
-    with its powder average by ``dispersion``; cell bodies as slow isotropic diffusion; free water as a
-    ball; myelin water (T2 10 ms) as non-diffusing. Weights are the compartments' T2/T1-weighted signals."""
+    with its powder average by ``dispersion``; cell bodies as isotropic diffusion (``d_cells``); free water
+    as a ball; myelin water (T2 10 ms) as non-diffusing. Weights are the compartments' T2/T1-weighted
+    signals."""
     bvals = np.asarray(bvals, dtype=float).reshape(-1)
     bvecs = np.asarray(bvecs, dtype=float).reshape(-1, 3)
     tissue_w, myelin_w, free_w = _pools(t, p.te_dwi, p.tr_dwi, p)

@@ -2,6 +2,7 @@
 and the calibrated set reaches the simulation and phantom.json."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -9,8 +10,7 @@ import pytest
 
 from MRHNetLib.errors import MRHNetError
 from MRHNetLib.simulation import calibration
-from MRHNetLib.simulation.phantom import simulate_subject, write_phantoms
-from MRHNetLib.simulation.shift import PHYSICS_RANGES
+from MRHNetLib.simulation.phantom import SIZES, anatomy_tissue, simulate_subject, write_phantoms
 from MRHNetLib.simulation.tissue import PHYSICS
 
 
@@ -22,12 +22,44 @@ def test_calibrated_parameters_inside_their_ranges():
         assert p.low <= p.value <= p.high, p
         assert p.source, p.name
         if not p.name.startswith("gain_"):
-            assert (p.low, p.high) == PHYSICS_RANGES[p.name][:2]
-    assert len(params) <= 6  # few parameters, no per-channel gains
+            assert (p.low, p.high) == calibration.CALIBRATION_RANGES[p.name][:2]
+            assert p.low > 0 or p.name == "r2_cells"
+    assert len(params) <= 10  # few parameters, no per-channel gains
     physics, gains = calibration.physics_set("calibrated")
     for name, value in calibration.CALIBRATED_PHYSICS.items():
         assert getattr(physics, name) == value
     assert set(gains) == {"t2w", "mt", "dwi"} and gains["t2w"] == 1.0
+
+
+@pytest.fixture(scope="module")
+def c1_tissue():
+    return anatomy_tissue("C1", SIZES["medium"])[0]
+
+
+def test_calibrated_set_gives_published_contrasts(c1_tissue):
+    """The guard against adversarial fits: grey / white T2, MTR and grey MD of brain C1 stay inside their
+    published ex vivo ranges under the calibrated set (as under the default one)."""
+    for name in ("default", "calibrated"):
+        got = calibration.contrasts(c1_tissue, calibration.physics_set(name)[0])
+        assert calibration.contrast_problems(got) == [], (name, got)
+        assert got["t2_white_ms"] < got["t2_grey_ms"] and got["mtr_white"] > got["mtr_grey"]
+
+
+def test_contrasts_follow_the_physics_they_name(c1_tissue):
+    base = calibration.contrasts(c1_tissue, PHYSICS)
+    faster_cells = calibration.contrasts(c1_tissue, dataclasses.replace(PHYSICS, d_cells=0.5e-3))
+    assert faster_cells["md_cell_layer_over_neuropil"] > base["md_cell_layer_over_neuropil"] + 0.05
+    more_myelin_r2 = calibration.contrasts(c1_tissue, dataclasses.replace(PHYSICS, r2_myelin=0.06))
+    assert more_myelin_r2["t2_white_ms"] < base["t2_white_ms"] - 1.0
+    assert abs(more_myelin_r2["md_grey_um2_ms"] - base["md_grey_um2_ms"]) < 0.02  # T2 barely touches MD
+    faster_exchange = calibration.contrasts(c1_tissue, dataclasses.replace(PHYSICS, k_exchange=20.0))
+    assert faster_exchange["mtr_white"] > base["mtr_white"] + 0.1
+    assert faster_exchange["mtr_grey"] > base["mtr_grey"] + 0.1
+    more_bound_myelin = calibration.contrasts(c1_tissue, dataclasses.replace(PHYSICS, bound_per_myelin=0.6))
+    white, grey = (more_bound_myelin[k] - base[k] for k in ("mtr_white", "mtr_grey"))
+    assert white > 3 * grey > 0  # bound pool per myelin: white matter far more than grey
+    problems = calibration.contrast_problems({**base, "t2_white_ms": 50.0})
+    assert len(problems) == 1 and problems[0].startswith("t2_white_ms = 50")
 
 
 def test_default_set_is_the_literature_physics():
