@@ -14,14 +14,16 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..errors import MRHNetError
 from ..files import read_json, sha256_file
-from .model import MRHNet
 from ..data.protocol import Protocol
+
+if TYPE_CHECKING:  # torch is imported only where weights are read or written: listing models needs none
+    import torch
+
+    from .model import MRHNet
 
 FORMAT = "mrhnet-model"
 FORMAT_VERSION = 1
@@ -45,6 +47,8 @@ class ModelInfo:
     provenance: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
+        import torch
+
         from .. import __version__
 
         return {"format": FORMAT, "format_version": FORMAT_VERSION,
@@ -221,6 +225,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
     """Load a model folder safely (safetensors only; hash checked). Raises :class:`MRHNetError`."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
+
+    from .model import MRHNet
 
     path = Path(path)
     meta, info = _read_meta(path)

@@ -97,6 +97,21 @@ def test_module_file_compiles_and_stays_thin():
     assert "eLife 2022;11:e72331" in SOURCE and "README" in SOURCE
 
 
+def test_listing_and_describing_models_needs_no_torch():
+    """Inside Slicer the panel lists the shipped models and shows their description in Slicer's own process,
+    where torch may not be installed yet (it comes with the PyTorch extension) and never needs to be loaded:
+    only the child process runs networks."""
+    pytest.importorskip("slicer")
+    probe = ("import sys, slicer; from MRHNetLib.gui.controller import Controller; "
+             "c = Controller(slicer.vtkMRMLScene()); "
+             "names = [m.name for m in c.catalogue()]; text, problems = c.describe(names); "
+             "assert 'af-original-4blocks' in names and not problems and 'depth 4' in text, (names, problems); "
+             "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"
+
+
 def test_module_calls_engine_functions_that_exist():
     """Every ``from MRHNetLib.x import y`` in the module resolves in the engine."""
     import importlib
