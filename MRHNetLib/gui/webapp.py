@@ -136,9 +136,12 @@ def subject_files(folder: Path) -> set[Path]:
 
 
 def available_devices() -> list[str]:
-    import torch
+    """``cpu``, and ``cuda`` where an NVIDIA driver is present: seen without loading torch in the server (the
+    job's child process refuses ``cuda`` in one line when its torch cannot use the GPU)."""
+    import shutil
 
-    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    gpu = Path("/proc/driver/nvidia/version").exists() or shutil.which("nvidia-smi") is not None
+    return ["cpu"] + (["cuda"] if gpu else [])
 
 
 def evaluation_rows(summary: dict[str, Any]) -> list[list[str]]:

@@ -117,6 +117,17 @@ def test_app_on_a_subject_folder_and_model_choices_stay_inside(tmp_path):
             app.model_path(bad)
 
 
+def test_app_server_loads_no_torch(tmp_path):
+    """The server lists models, devices and subjects without torch: only the job's child process runs
+    networks, so the server starts fast and stays small."""
+    probe = ("import sys; from MRHNetLib.gui.webapp import WebApp; app = WebApp(sys.argv[1]); "
+             "assert app.state.devices[0] == 'cpu' and app.state.models, app.state.devices; "
+             "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"
+
+
 def test_app_runs_a_subject_folder_through_the_controller(tmp_path, monkeypatch):
     """A subject folder of the data folder: checked from its headers (the server reads only its T2w), run and
     evaluated in the controller's child, the maps saved as ``maps/<target>.nii.gz`` beside the inputs. The
