@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import MRHNetError
-from .tissue import MYELIN_MAX, PHYSICS, ExVivo7T, Tissue, dwi_signal, mt_signals, tissue_t2
+from .tissue import MYELIN_MAX, PHYSICS, ExVivo7T, Tissue, dwi_signal, mt_signals, t2w_signal, tissue_t2
 
 
 @dataclass(frozen=True)
@@ -97,9 +97,8 @@ REFERENCE_CONTRASTS: dict[str, tuple[float, float, str]] = {
     "md_grey_um2_ms": (0.15, 0.45, "Shepherd et al., NeuroImage 2006 (0.24-0.32 um^2/ms at b 1250); "
                                     "D'Arceuil et al., NeuroImage 2007"),
 }
-# Reported beside them, not required: cell-dense over cell-poor grey matter MD, 0.318 / 0.238 = 1.34 in the
-# granule and molecular layers of fixed rat hippocampus (Shepherd et al., NeuroImage 2006).
-CELL_LAYER_MD_RATIO = 1.34
+# Reported beside them by contrasts(), not required: cell-dense over cell-poor grey matter MD (0.318 / 0.238 =
+# 1.34 in the granule and molecular layers of fixed rat hippocampus, Shepherd et al., NeuroImage 2006).
 
 SETS = ("default", "calibrated")
 
@@ -162,7 +161,24 @@ def contrasts(tissue: Tissue, physics: ExVivo7T = PHYSICS, b: float = 2000.0) ->
             "md_cell_layer_over_neuropil": float(np.median(md[grey][rich]) / np.median(md[grey][poor]))}
 
 
+def contrast_excess(values: dict[str, float]) -> dict[str, float]:
+    """How far each contrast of :func:`contrasts` lies outside its published :data:`REFERENCE_CONTRASTS`
+    range, relative to the range's width (0 inside)."""
+    return {k: max(lo - values[k], 0.0, values[k] - hi) / (hi - lo) for k, (lo, hi, _) in REFERENCE_CONTRASTS.items()}
+
+
 def contrast_problems(values: dict[str, float]) -> list[str]:
     """The contrasts of :func:`contrasts` outside their published :data:`REFERENCE_CONTRASTS` range."""
-    return [f"{k} = {values[k]:.3g} outside {lo:g}..{hi:g}" for k, (lo, hi, _) in REFERENCE_CONTRASTS.items()
-            if not lo <= values[k] <= hi]
+    return [f"{k} = {values[k]:.3g} outside {REFERENCE_CONTRASTS[k][0]:g}..{REFERENCE_CONTRASTS[k][1]:g}"
+            for k, excess in contrast_excess(values).items() if excess > 0]
+
+
+def original_inputs(tissue: Tissue, physics: ExVivo7T, gains: dict[str, float] | None,
+                    shells: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Noise-free (N, C) inputs of the original networks' channel order: each DWI shell of ``shells``
+    ((b-values, directions) pairs), then T2w, MT-on, MT-off, each times its receiver gain (None: all 1)."""
+    gains = gains or {"t2w": 1.0, "mt": 1.0, "dwi": 1.0}
+    on, off = mt_signals(tissue, physics)
+    dwi = [dwi_signal(tissue, b, g, physics) * gains["dwi"] for b, g in shells]
+    return np.concatenate(dwi + [t2w_signal(tissue, physics)[:, None] * gains["t2w"], on[:, None] * gains["mt"],
+                                 off[:, None] * gains["mt"]], axis=1)

@@ -61,7 +61,7 @@ class ExVivo7T:
     NeuroImage 2007;35:553-65 report a two- to three-fold drop from in vivo); free water at about 20 C
     has 2.0 um^2/ms. Compartments as in the taxonomy of Panagiotaki et al. (NeuroImage 2012;59:2241-54):
     stick (intra-axonal), zeppelin with tortuosity (extra-axonal, Szafer et al., Magn Reson Med 1995;
-    33:697-712), slow isotropic "dot/sphere" (cell bodies), ball (free water). Orientation dispersion is
+    33:697-712), isotropic "dot/sphere" (cell bodies), ball (free water). Orientation dispersion is
     a mixture of the aligned and the powder-averaged (fully dispersed) compartment signal. Cell bodies
     (somata, radius 5-10 um) are larger than the diffusion length of fixed tissue at Delta 15 ms (about
     4 um), and cell layers of fixed hippocampus have a higher MD than the neuropil around them (Shepherd et
@@ -136,6 +136,11 @@ class Tissue:
             for name in ("axon", "myelin", "cells"):
                 getattr(self, name)[over] *= scale
         self.extra = (1.0 - self.axon - self.myelin - self.cells - self.water).astype(np.float32)
+
+    def subset(self, sel: np.ndarray) -> "Tissue":
+        """The voxels ``sel`` (indices or a boolean mask into ``index``) as a tissue of their own (copies)."""
+        fields = ("axon", "myelin", "cells", "water", "direction", "dispersion", "r2_extra", "lipofuscin", "partial")
+        return Tissue(self.shape, self.index[sel], **{k: getattr(self, k)[sel].copy() for k in fields})
 
     def to_volume(self, values: np.ndarray, fill: float = 0.0) -> np.ndarray:
         """Scatter (N,) or (N, T) values onto the full grid (float32)."""

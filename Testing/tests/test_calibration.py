@@ -101,7 +101,7 @@ def _original_af(tissue, physics, gains, model, rng_seed=0, n=3000):
 
     from MRHNetLib.data.protocol import Protocol
     from MRHNetLib.resources import resource
-    from MRHNetLib.simulation.tissue import Tissue, dwi_signal, histology, mt_signals, t2w_signal
+    from MRHNetLib.simulation.tissue import dwi_signal, histology, mt_signals, t2w_signal
 
     proto = Protocol.from_json(resource("protocols", "original.json").read_text())
     gains = gains or {"t2w": 1.0, "mt": 1.0, "dwi": 1.0}
@@ -109,11 +109,9 @@ def _original_af(tissue, physics, gains, model, rng_seed=0, n=3000):
     t2w = t2w_signal(tissue, physics) * gains["t2w"]
     b0 = dwi_signal(tissue, np.zeros(1), np.zeros((1, 3)), physics)[:, 0] * gains["dwi"]
     top = max(float(t2w.max()), float(on.max() * gains["mt"]), float(off.max() * gains["mt"]), float(b0.max()))
-    pick = np.random.default_rng(rng_seed).choice(np.flatnonzero(tissue.partial >= 0.99), n, replace=False)
-    sub = Tissue(tissue.shape, tissue.index[pick], **{k: getattr(tissue, k)[pick] for k in (
-        "axon", "myelin", "cells", "water", "direction", "dispersion", "r2_extra", "lipofuscin", "partial")})
-    dwi = [dwi_signal(sub, *proto.shell(role), physics) * gains["dwi"] for role in ("dwi_b2000", "dwi_b5000")]
-    x = np.concatenate(dwi + [t2w[pick, None], on[pick, None] * gains["mt"], off[pick, None] * gains["mt"]], axis=1)
+    inside = np.flatnonzero(tissue.partial >= 0.99)
+    sub = tissue.subset(np.random.default_rng(rng_seed).choice(inside, n, replace=False))
+    x = calibration.original_inputs(sub, physics, gains, [proto.shell(r) for r in ("dwi_b2000", "dwi_b5000")])
     xt = torch.from_numpy((x / top).astype(np.float32))[:, :, None, None].expand(-1, -1, 3, 3).contiguous()
     with torch.no_grad():
         pred = model.net(xt)[:, 0, 1, 1].numpy() * 255.0

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 import time
@@ -54,11 +55,14 @@ SEARCH = {**{n: r[:2] for n, r in calibration.CALIBRATION_RANGES.items()},
 MEAN_WEIGHT = 1.0  # weight of |log(mean prediction / mean truth)| against -r in the search objective
 CONTRAST_WEIGHT = 5.0  # weight of the relative distance outside each published contrast range
 HEADROOM = 1.13  # global maximum of a full simulation (coil profile, noise) / noise-free maximum, default physics
-FIELDS = ("axon", "myelin", "cells", "water", "direction", "dispersion", "r2_extra", "lipofuscin", "partial")
+# the acquisition whose unweighted signal sets each channel's noise: b0 of each DWI shell, T2w, MT-off for both MT
+NOISE_REFERENCE = np.repeat([0, 32, 64, 66], [32, 32, 1, 2])
 
 
-def _subset(t: Tissue, sel: np.ndarray) -> Tissue:
-    return Tissue(t.shape, t.index[sel], **{k: getattr(t, k)[sel].copy() for k in FIELDS})
+@functools.lru_cache(maxsize=2)
+def full_tissue(brain: str) -> tuple[Tissue, np.ndarray]:
+    """A brain's tissue on the original grid (built once: the search and each check's contrasts share it)."""
+    return anatomy_tissue(brain, SIZES["full"])
 
 
 def decode(u: np.ndarray) -> dict[str, float]:
@@ -82,19 +86,19 @@ class FastEvaluator:
         import torch
 
         self.torch = torch
-        tissue, affine = anatomy_tissue("C1", SIZES["full"])
+        tissue, affine = full_tissue("C1")
         mask = tissue.to_volume(tissue.partial >= 0.5) > 0
         smask, _ = slab_mask(mask, affine, n_slices)
         inside = np.flatnonzero(smask.reshape(-1)[tissue.index])
         rng = np.random.default_rng(0)
-        self.sample = _subset(tissue, np.sort(rng.choice(inside, size=min(n_voxels, len(inside)), replace=False)))
+        self.sample = tissue.subset(np.sort(rng.choice(inside, size=min(n_voxels, len(inside)), replace=False)))
         # candidates for the global maximum: the brightest 0.5 % of every unweighted scan (default physics)
         bright = np.zeros(len(tissue.index), bool)
         on, off = mt_signals(tissue)
         b0 = dwi_signal(tissue, np.zeros(1), np.zeros((1, 3)))[:, 0]
         for v in (t2w_signal(tissue), on, off, b0):
             bright |= v >= np.percentile(v, 99.5)
-        self.bright = _subset(tissue, np.flatnonzero(bright))
+        self.bright = tissue.subset(np.flatnonzero(bright))
         self.shells = [proto.shell(r) for r in ("dwi_b2000", "dwi_b5000")]
         self.truth = histology(self.sample)["af"]
         self.noise = noise
@@ -102,16 +106,11 @@ class FastEvaluator:
         self.draws = rng.standard_normal((2, n, 67)).astype(np.float32)  # common random numbers
 
     def signals(self, t: Tissue, p, gains: dict[str, float]) -> np.ndarray:
-        on, off = mt_signals(t, p)
-        dwi = [dwi_signal(t, b, g, p) * gains["dwi"] for b, g in self.shells]
-        return np.concatenate(dwi + [t2w_signal(t, p)[:, None] * gains["t2w"], on[:, None] * gains["mt"],
-                                     off[:, None] * gains["mt"]], axis=1) * SIGNAL_SCALE
+        return calibration.original_inputs(t, p, gains, self.shells) * SIGNAL_SCALE
 
     def noisy(self, x: np.ndarray) -> np.ndarray:
         """Rician noise, sigma = noise x the median unweighted signal of each acquisition (as simulate_subject)."""
-        ref = {0: np.median(x[:, 0]), 32: np.median(x[:, 32]), 64: np.median(x[:, 64]), 65: np.median(x[:, 66])}
-        sigma = np.empty(x.shape[1], np.float32)
-        sigma[:32], sigma[32:64], sigma[64], sigma[65:] = ref[0], ref[32], ref[64], ref[65]
+        sigma = np.median(x[:, NOISE_REFERENCE], axis=0).astype(np.float32)
         sigma *= self.noise
         return np.sqrt((x + sigma * self.draws[0]) ** 2 + (sigma * self.draws[1]) ** 2)
 
@@ -129,11 +128,7 @@ class FastEvaluator:
 
     def contrast_penalty(self, values: dict[str, float]) -> float:
         """Summed relative distance of the sample's contrasts outside their published ranges (0 inside)."""
-        got = calibration.contrasts(self.sample, split(values)[0])
-        out = 0.0
-        for name, (lo, hi, _) in calibration.REFERENCE_CONTRASTS.items():
-            out += max(lo - got[name], 0.0, got[name] - hi) / (hi - lo)
-        return out
+        return float(sum(calibration.contrast_excess(calibration.contrasts(self.sample, split(values)[0])).values()))
 
 
 def search(proto: Protocol, generations: int) -> dict:
@@ -184,8 +179,7 @@ def check(proto: Protocol, physics_set: str, n_slices: int = 12, values: dict[st
                          "pred_mean": round(float(values.mean()), 1)}
         maps[label] = pred
     result["truth_mean"] = round(float(truth.mean()), 1)
-    tissue, _ = anatomy_tissue(brain, SIZES["full"])
-    result["contrasts"] = {k: round(v, 3) for k, v in calibration.contrasts(tissue, physics).items()}
+    result["contrasts"] = {k: round(v, 3) for k, v in calibration.contrasts(full_tissue(brain)[0], physics).items()}
     result["voxels"] = int(mask.sum())
     print(brain, physics_set, json.dumps(result), flush=True)
     return result, subject, maps, mask, chosen
