@@ -31,6 +31,16 @@ def test_calibrated_parameters_inside_their_ranges():
     assert set(gains) == {"t2w", "mt", "dwi"} and gains["t2w"] == 1.0
 
 
+def test_extended_ranges_are_physics_constants_around_their_defaults():
+    """``calibrate.py --extended`` searches these too: each names a constant of the simulator, its literature
+    default lies inside the range, and it has a source; none is also in the shipped search."""
+    assert calibration.EXTENDED_RANGES
+    for name, (low, high, what, source) in calibration.EXTENDED_RANGES.items():
+        assert name not in calibration.CALIBRATION_RANGES and name not in calibration.CALIBRATED_PHYSICS
+        assert 0 < low < getattr(PHYSICS, name) < high, name
+        assert what and source, name
+
+
 @pytest.fixture(scope="module")
 def c1_tissue():
     return anatomy_tissue("C1", SIZES["medium"])[0]
