@@ -35,7 +35,7 @@ def header_gradients(path: Path, role: str, affine: np.ndarray):
 
 def folder_header_subject(folder: str | os.PathLike, name: str | None = None):
     """A subject folder read from its headers only (:func:`~MRHNetLib.data.io.image_header`, gradient files): the roles, grids
-    and gradients :func:`~MRHNetLib.network.infer.check_subject` needs, without reading a voxel (the volumes
+    and gradients :func:`~MRHNetLib.network.checks.check_subject` needs, without reading a voxel (the volumes
     are read-only zero-stride arrays). Refuses what :func:`~MRHNetLib.data.subject.load_subject` refuses
     for its shapes, grids and gradients."""
     folder = Path(folder)

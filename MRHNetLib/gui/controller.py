@@ -150,7 +150,7 @@ class Controller:
     def check(self, inputs: Inputs | Any, models: list[str]) -> list[str]:
         """The engine's one-line problem for every model the inputs do not fit (empty: all fit). Node and
         folder inputs are checked from their headers; a loaded :class:`~MRHNetLib.data.subject.Subject` as it is."""
-        from ..network.infer import check_subject
+        from ..network.checks import check_subject
 
         key = (inputs.key() if isinstance(inputs, Inputs) else id(inputs), tuple(models))
         if key in self._checks:

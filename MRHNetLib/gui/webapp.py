@@ -118,9 +118,9 @@ def maps_folder(root: str | os.PathLike, subject_folder: Path | None) -> Path:
 
 def save_maps(folder: str | os.PathLike, maps: dict[str, Any], inputs: set[Path] = frozenset()) -> list[Path]:
     """Write each map as ``folder/<key>.nii.gz``, the names ``mrhnet predict`` writes, atomically
-    (:func:`MRHNetLib.network.infer.write_maps`); refuse to replace any of ``inputs``. Every path is checked
+    (:func:`MRHNetLib.network.checks.write_maps`); refuse to replace any of ``inputs``. Every path is checked
     before the first file is written."""
-    from ..network.infer import write_maps
+    from ..network.checks import write_maps
 
     return list(write_maps(maps, Path(folder), protect=list(inputs)).values())
 

@@ -97,6 +97,13 @@ def test_module_file_compiles_and_stays_thin():
     assert "eLife 2022;11:e72331" in SOURCE and "README" in SOURCE
 
 
+def _last_line(probe: str) -> str:
+    """The last line a fresh Python prints running ``probe`` (which must succeed)."""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip().splitlines()[-1]
+
+
 def test_listing_and_describing_models_needs_no_torch():
     """Inside Slicer the panel lists the shipped models and shows their description in Slicer's own process,
     where torch may not be installed yet (it comes with the PyTorch extension) and never needs to be loaded:
@@ -107,9 +114,7 @@ def test_listing_and_describing_models_needs_no_torch():
              "names = [m.name for m in c.catalogue()]; text, problems = c.describe(names); "
              "assert 'af-original-4blocks' in names and not problems and 'depth 4' in text, (names, problems); "
              "print('torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == "False"
+    assert _last_line(probe) == "False"
 
 
 def test_module_calls_engine_functions_that_exist():
@@ -279,3 +284,20 @@ def test_cmake_install_tree_runs_the_engine(tmp_path):
     selftest = next(t for t in tests if t["name"] == "py_MRHNet")
     env_props = [p["value"] for p in selftest.get("properties", []) if p["name"] == "ENVIRONMENT"]
     assert env_props and "MRHNET_SELFTEST_ENGINE=if-installed" in env_props[0]
+
+
+def test_checking_inputs_and_saving_maps_needs_no_torch(phantom, tmp_path):
+    """The panel checks the chosen inputs against the models whenever a selection changes (first when the
+    module opens), and the web app's server saves maps: both in the GUI's own process, so neither may load
+    torch (seconds of frozen GUI, or an error where torch is not installed yet)."""
+    pytest.importorskip("slicer")
+    folder = phantom.save(tmp_path / "mouse")
+    probe = ("import sys; from pathlib import Path; from MRHNetLib.gui.controller import Controller, Inputs; "
+             "from MRHNetLib.gui.webapp import save_maps; from MRHNetLib.data.io import read_volume; "
+             f"folder = Path({str(folder)!r}); "
+             "text, problems = Controller(None).summary(Inputs(folder=str(folder)), ['af', 'nf']); "
+             "assert 'AF, depth' in text and problems == [], (text, problems); "
+             "written = save_maps(folder / 'maps', {'af': read_volume(folder / 'af.nii.gz')}); "
+             "assert [p.name for p in written] == ['af.nii.gz'], written; "
+             "print('torch' in sys.modules)")
+    assert _last_line(probe) == "False"
