@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 import time
 import traceback
@@ -171,7 +173,20 @@ def execute(spec: dict[str, Any], emit: Emit) -> int:
     return 0
 
 
+def exit_on_sigterm() -> None:
+    """Make the GUI's Cancel (SIGTERM to the job's process group) a ``SystemExit``, so the job's ``finally``
+    blocks still run: temporaries go, and an earlier model that a save was replacing is put back. (On Windows
+    the GUI ends the process tree instead; nothing runs there.)"""
+    if os.name != "nt":
+        signal.signal(signal.SIGTERM, _raise_exit)
+
+
+def _raise_exit(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run(args: argparse.Namespace) -> int:
+    exit_on_sigterm()
     path = Path(args.spec)
     try:
         spec = json.loads(path.read_text())

@@ -215,17 +215,18 @@ class ChildJob:
         proc = self.process
         if proc is None or proc.poll() is not None:
             return
-        try:
-            if os.name == "nt":
-                proc.terminate()
-            else:
-                os.killpg(proc.pid, signal.SIGTERM)
+        if os.name == "nt":  # PythonSlicer.exe is a launcher: the job runs in its child, so end the tree
+            subprocess.run(kill_tree_command(proc.pid), capture_output=True, check=False)
+            try:
+                proc.wait(timeout=KILL_WAIT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            return
+        try:  # the job turns SIGTERM into SystemExit and cleans up (MRHNetLib.cli.job.exit_on_sigterm)
+            os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=KILL_WAIT_S)
         except subprocess.TimeoutExpired:
-            if os.name == "nt":
-                proc.kill()
-            else:
-                os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=KILL_WAIT_S)
         except ProcessLookupError:
             pass
@@ -243,6 +244,12 @@ class ChildJob:
         """Remove the job's folder (after its outputs were read)."""
         if self.remove_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def kill_tree_command(pid: int) -> list[str]:
+    """Windows: the command that ends process ``pid`` and all its children (the CTK launcher
+    ``PythonSlicer.exe`` starts the real interpreter as a child, which ``terminate`` would leave running)."""
+    return ["taskkill", "/F", "/T", "/PID", str(int(pid))]
 
 
 @atexit.register

@@ -154,7 +154,7 @@ def _swap_into_place(new: Path, path: Path) -> None:
     try:
         os.replace(path, trash / path.name)
         os.replace(new, path)
-    except OSError:
+    except BaseException:  # also a cancel (SystemExit from SIGTERM) between the two renames
         if (trash / path.name).exists() and not path.exists():
             os.replace(trash / path.name, path)  # put the earlier model back
         raise

@@ -188,3 +188,30 @@ def test_resaving_over_an_earlier_model_replaces_it(tmp_path):
     empty.mkdir()
     save_model(empty, net, info)  # an empty folder holds nothing to lose
     assert load_model(empty).info.depth == 2
+
+
+def test_a_cancel_between_the_renames_puts_the_earlier_model_back(tmp_path, monkeypatch):
+    """Cancel in the GUI arrives in the job as SystemExit (SIGTERM); landing between moving the earlier model
+    aside and moving the new one in, it must leave the earlier model in place, and no temporaries."""
+    import os
+
+    from MRHNetLib.network import modelfile
+
+    path, net, info = _model(tmp_path)
+    before = load_model(path).net.state_dict()["Conv1.weight"].clone()
+    real, calls = os.replace, []
+
+    def replace(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:  # the new model moving in
+            raise SystemExit(143)
+        return real(src, dst)
+
+    monkeypatch.setattr(modelfile.os, "replace", replace)
+    other = init_weights(MRHNet(net.in_channels, 2, width=16), "glorot", torch.Generator().manual_seed(5))
+    with pytest.raises(SystemExit):
+        save_model(path, other, info)
+    monkeypatch.undo()
+    assert len(calls) == 3  # aside, (cancelled), back
+    assert torch.equal(load_model(path).net.state_dict()["Conv1.weight"], before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.mrhnet"]

@@ -57,3 +57,18 @@ def test_inside_slicer_the_job_runs_with_pythonslicer_and_the_startup_environmen
     job = ChildJob({"kind": "phantom", "out": str(tmp_path / "s"), "size": "small"}, tmp_path / "w").start()
     assert job.wait(timeout=120) == {"subject": str(tmp_path / "s")}
     assert marker.read_text().strip() == "startup"
+
+
+@pytest.mark.skipif(os.name == "nt", reason="Windows ends the job's process tree instead")
+def test_a_cancelled_job_runs_its_cleanup(tmp_path):
+    """Cancel sends SIGTERM to the job's process group; ``mrhnet job`` turns it into SystemExit so that the
+    engine's ``finally`` blocks (temporaries, an earlier model being replaced) still run."""
+    import subprocess
+
+    marker = tmp_path / "temporary"
+    code = ("import os, signal, sys, time; from pathlib import Path; from MRHNetLib.cli.job import exit_on_sigterm; "
+            f"exit_on_sigterm(); p = Path({str(marker)!r}); p.write_text('x')\n"
+            "try:\n    os.kill(os.getpid(), signal.SIGTERM); time.sleep(30)\nfinally:\n    p.unlink()\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 128 + 15, out.stderr[-1000:]
+    assert not marker.exists()
