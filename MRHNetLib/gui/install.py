@@ -48,6 +48,9 @@ from ..errors import MRHNetError
 TORCH_REQUIREMENT = "torch>=2.1"
 # shipped with Slicer (its own builds): required, always pinned, never installed by the module
 SLICER_PROVIDED = ("numpy>=1.24", "scipy>=1.10", "SimpleITK>=2.3")
+# left unpinned while the PyTorch extension installs torch: torch itself, and pip and light-the-torch, which
+# PyTorchUtils installs first (light-the-torch pins the pip it works with)
+TORCH_INSTALL_FREE = ("torch", "torchvision", "torchaudio", "pip", "light-the-torch")
 # the ctest registration of the self-test sets this (MRHNet/CMakeLists.txt): see selftest_skip_reason
 SELFTEST_ENV = "MRHNET_SELFTEST_ENGINE"
 _IMPORT_NAMES = {"pynrrd": "nrrd", "simpleitk": "SimpleITK", "scikit-image": "skimage",
@@ -256,7 +259,8 @@ def install_requirements(requirements: Optional[os.PathLike] = None, ask: bool =
     if needs_torch:
         if not have_extension:
             manager = slicer.app.extensionsManagerModel()
-            if not manager.isExtensionInstalled("PyTorch") and not manager.installExtensionFromServer("PyTorch"):
+            # restart=False: Slicer would otherwise ask twice more (install? restart?); the one question is below
+            if not manager.isExtensionInstalled("PyTorch") and not manager.installExtensionFromServer("PyTorch", False):
                 raise InstallError("the PyTorch extension could not be installed from the Extensions server: "
                                    "install it in the Extensions Manager, restart Slicer and try again")
             if slicer.util.confirmYesNoDisplay("The PyTorch extension is installed. Slicer must restart before "
@@ -268,16 +272,21 @@ def install_requirements(requirements: Optional[os.PathLike] = None, ask: bool =
         import PyTorchUtils
 
         # PyTorchUtils runs pip (through light-the-torch) for torch and torchvision; pip reads PIP_CONSTRAINT,
-        # so the same pins keep numpy & co. where Slicer has them while torch itself is free
+        # so the same pins keep numpy & co. where Slicer has them while torch itself is free. pip and
+        # light-the-torch stay free too: PyTorchUtils first installs light-the-torch, and every release of it
+        # that runs on Slicer 5.8's Python 3.9 needs an older pip than Slicer's
         result.restart_required = "torch" in sys.modules  # an imported torch is replaced
         previous = os.environ.get("PIP_CONSTRAINT")
         with tempfile.TemporaryDirectory(prefix="mrhnet-pip-") as tmp:
             pins = write_constraints(Path(tmp) / "constraints.txt", reqs + [torch_spec],
-                                     free=("torch", "torchvision", "torchaudio"))
+                                     free=TORCH_INSTALL_FREE)
             os.environ["PIP_CONSTRAINT"] = str(pins)
             try:
                 torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
                     askConfirmation=ask, torchVersionRequirement=torch_spec[len("torch"):])
+            except Exception as exc:  # pip's CalledProcessError and the like; the log holds pip's output
+                raise InstallError(f"PyTorch ({torch_spec}) could not be installed ({exc}); see the Python console "
+                                   "for pip's message, or install it with the PyTorch Utils module") from None
             finally:
                 if previous is None:
                     os.environ.pop("PIP_CONSTRAINT", None)

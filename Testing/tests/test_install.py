@@ -95,7 +95,8 @@ class FakeSlicer:
             def isExtensionInstalled(self, name):
                 return False
 
-            def installExtensionFromServer(self, name):
+            def installExtensionFromServer(self, name, restart=True):
+                assert restart is False  # Slicer's own install and restart questions would follow ours
                 fake.extensions.append(name)
                 return fake.extension_installs
 
@@ -158,6 +159,8 @@ def test_install_requirements_one_prompt_constraints_and_torch_from_the_extensio
             pinned_now = pins(Path(os.environ["PIP_CONSTRAINT"]))
             assert pinned_now["numpy"] == metadata.version("numpy") and "torch" not in pinned_now
             assert "torchvision" not in pinned_now
+            # PyTorchUtils installs light-the-torch first, which needs an older pip than Slicer 5.8's
+            assert "pip" not in pinned_now and "light-the-torch" not in pinned_now
             state["torch"] = "2.5.1+cu121"
             return types.ModuleType("torch")
 
@@ -228,3 +231,21 @@ def test_child_process_work_runs_without_evaluation_and_cli_packages(tmp_path):
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_a_failing_torch_install_is_one_line(fake_slicer, monkeypatch):
+    """pip failing inside PyTorchUtils (CalledProcessError) reaches the user as one InstallError line, and the
+    constraints variable is restored."""
+    import subprocess
+
+    fake, req, state = fake_slicer
+
+    class Logic:
+        def installTorch(self, askConfirmation, torchVersionRequirement):
+            raise subprocess.CalledProcessError(1, ["pip", "install", "light-the-torch>=0.5"])
+
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=Logic))
+    monkeypatch.setattr(install.importlib.util, "find_spec", lambda name, *a: object() if name == "PyTorchUtils" else None)
+    with pytest.raises(install.InstallError, match=r"PyTorch \(torch>=2.1\) could not be installed") as err:
+        install.install_requirements(req)
+    assert "\n" not in str(err.value) and "PIP_CONSTRAINT" not in os.environ
