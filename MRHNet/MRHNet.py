@@ -59,8 +59,7 @@ class MRHNet(ScriptedLoadableModule):
 
 
 def registerSampleData():
-    """'MRHNet phantom brain' in Sample Data: a small file names the brain, MRHNetFileReader simulates it
-    (nothing is downloaded), so ``SampleData.downloadSample(SAMPLE_NAME)`` works from scripts too."""
+    """'MRHNet phantom brain' in Sample Data (MRHNetFileReader simulates it: nothing is downloaded)."""
     import SampleData
 
     resources = os.path.join(os.path.dirname(os.path.abspath(__file__)), "Resources")
@@ -163,7 +162,8 @@ class MRHNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event) -> None:
         if self.logic.controller.cancel():
             self.ui.statusLabel.text = _("cancelled: the scene was closed")
-        self.setParameterNode(None)
+        if self._guiTag is not None:  # Slicer 5.8 gives no tag to unbind with: the same node comes back at EndClose
+            self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -175,8 +175,7 @@ class MRHNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.t2w = panel.default_t2w(slicer.mrmlScene)
 
     def setParameterNode(self, node) -> None:
-        """The GUI stays bound while the module is hidden: Slicer 5.8's connectGui returns no tag, and binding
-        twice would let the old combo-box connectors reset the choices when the new ones refill the boxes."""
+        """Bound once: Slicer 5.8's connectGui returns no tag to unbind, and a second binding resets choices."""
         old = self._parameterNode
         if node is not None and old is not None and node.parameterNode is old.parameterNode:
             return
@@ -184,9 +183,8 @@ class MRHNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if self._guiTag is not None:
                 old.disconnectGui(self._guiTag)
             self.removeObserver(old, vtk.vtkCommand.ModifiedEvent, self.onParameterChanged)
-        self._parameterNode, self._guiTag = node, None
+        self._parameterNode, self._guiTag = node, node.connectGui(self.ui) if node else None
         if node:
-            self._guiTag = node.connectGui(self.ui)
             self.addObserver(node, vtk.vtkCommand.ModifiedEvent, self.onParameterChanged)
             self.onParameterChanged()
 
@@ -212,24 +210,27 @@ class MRHNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.checkLabel.text = "\n".join(warnings)
         self.ui.checkLabel.visible = bool(warnings)
 
-    def _updateButtons(self) -> None:
-        kind = self.logic.controller.kind
-        p = self._parameterNode
-        self.ui.applyButton.enabled = bool(p and kind is None and panel.inputs(p).chosen())
-        self.ui.trainButton.enabled = self.ui.sampleButton.enabled = kind is None
+    def _updateButtons(self, starting=False) -> None:
+        kind, p = self.logic.controller.kind, self._parameterNode
+        idle = kind is None and not starting
+        self.ui.applyButton.enabled = bool(p and idle and panel.inputs(p).chosen())
+        self.ui.trainButton.enabled = self.ui.sampleButton.enabled = idle
         self.ui.cancelButton.enabled = kind is not None
         label = self.logic.controller.task.label if kind else ""
         self.ui.cancelButton.text = _("Cancel: {what}").format(what=label) if kind else _("Cancel")
 
     # --- actions: each starts one job of the controller, followed by onPoll ----------------------
     def _start(self, message, start) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Failed to start MRHNet."), waitCursor=True):
-            self.logic.ensureDependencies()
-            start()
-            self.ui.progressBar.value = 0
-            self.ui.statusLabel.text = message
+        self._updateButtons(starting=True)  # no second click while pip installs (Slicer processes events then)
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Failed to start MRHNet."), waitCursor=True):
+                self.logic.ensureDependencies()
+                start()
+                self.ui.progressBar.value = 0
+                self.ui.statusLabel.text = message
+                self._timer.start()
+        finally:
             self._updateButtons()
-            self._timer.start()
 
     def onSample(self) -> None:
         self._start(_("simulating the sample brain..."), lambda: self.logic.controller.load_sample())
@@ -238,6 +239,10 @@ class MRHNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._start(_("running..."), lambda: self.logic.startRun(self._parameterNode))
 
     def onTrain(self) -> None:
+        out = self._parameterNode.modelOutput
+        if panel.replaces_model(out) and not slicer.util.confirmOkCancelDisplay(
+                _("{path} holds an earlier model. Replace it when training ends?").format(path=out)):
+            return
         self._start(_("training..."), lambda: (self.logic.startTraining(self._parameterNode), slicer.modules.plots
                                                .logic().ShowChartInLayout(self.logic.controller.plot.chart)))
 
@@ -313,12 +318,9 @@ class MRHNetLogic(ScriptedLoadableModuleLogic):
         """Install what the engine needs, after one question, without touching Slicer's own packages."""
         from MRHNetLib.gui import install
 
-        requirements = self.resourcePath("requirements.txt")
+        requirements = os.path.join(os.path.dirname(__file__), "Resources", "requirements.txt")
         if install.missing_requirements(install.read_requirements(requirements)):
             install.install_requirements(requirements)
-
-    def resourcePath(self, relativePath: str) -> str:
-        return os.path.join(os.path.dirname(__file__), "Resources", relativePath)
 
     def startRun(self, p) -> None:
         self.controller.predict(panel.inputs(p), panel.models(p), device=p.device, opacity=p.opacity)
@@ -335,8 +337,7 @@ class MRHNetLogic(ScriptedLoadableModuleLogic):
         return self.controller.wait(tick=slicer.app.processEvents)
 
     def loadPhantom(self, size: str = "medium", seed: int = 0, name: str = SAMPLE_NAME) -> dict:
-        """Simulate the sample brain (in the background), add its images and histology to the scene and
-        choose them as the panel's inputs."""
+        """Simulate the sample brain in the background, add it to the scene, choose it as the panel's inputs."""
         self.ensureDependencies()
         self.controller.load_sample(size=size, seed=seed, name=name)
         nodes = self._wait()

@@ -87,3 +87,12 @@ def sample_options(path: str) -> dict[str, Any]:
     if size not in SIZES:
         raise MRHNetError(f"{path}: unknown size '{size}' (use {', '.join(SIZES)})")
     return {"size": size, "seed": seed}
+
+
+def replaces_model(path: str) -> bool:
+    """True when training would replace an earlier model at ``path`` (the panel asks before it starts)."""
+    from pathlib import Path
+
+    from ..network.modelfile import META
+
+    return bool(path) and (Path(path) / META).is_file()

@@ -257,6 +257,11 @@ def test_the_slicer_panel_parameters_become_controller_requests(scene, phantom, 
                                       "Resources"), "MRHNet phantom brain", "MRHNetSampleBrain")
     assert shipped["uris"][0].startswith("file://")
     assert panel.sample_options(shipped["uris"][0][len("file://"):]) == {"size": "medium", "seed": 0}
+    # training into an earlier model asks first; a new path or an empty folder does not
+    from MRHNetLib.network.catalog import resolve
+
+    assert panel.replaces_model(str(resolve("af"))) and not panel.replaces_model("")
+    assert not panel.replaces_model(str(tmp_path / "new.mrhnet")) and not panel.replaces_model(str(tmp_path))
 
 
 # --- subject folders: checked from their headers, run and evaluated by the child ---------------------------
