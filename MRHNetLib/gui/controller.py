@@ -357,6 +357,7 @@ class Controller:
             self.last = task.kind
             if task.job is not None and not task.job.finished:
                 task.job.cancel()
+            getattr(task.prepare, "close", lambda: None)()  # a background write of the inputs ends first
             shutil.rmtree(task.workdir, ignore_errors=True)
         return event
 

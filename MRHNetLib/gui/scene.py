@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -375,9 +375,14 @@ def header_subject(nodes: dict[str, Any], gradients: dict[str, Any] | None = Non
 
 
 def write_subject_steps(folder: str | os.PathLike, nodes: dict[str, Any], gradients: dict[str, Any] | None = None,
-                        mask=None, targets: dict[str, Any] | None = None) -> Iterable[str]:
+                        mask=None, targets: dict[str, Any] | None = None) -> Iterator[str]:
     """Write input nodes as a subject folder (``<role>.nii``, DWI shells with ``.bval``/``.bvec``, the mask,
-    histology ``targets``), one file per step: a GUI timer runs one step per tick and never stalls."""
+    histology ``targets``) in steps that a GUI timer runs one per tick. A step only copies one node's voxels
+    (that must happen on the GUI thread); a background thread writes the file (seconds for a whole-brain DWI
+    shell), and while it does the steps yield without waiting, so no tick waits for the disk. One copy is
+    in flight at a time. Closing the steps early (cancel) waits only for the file being written."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from ..data.io import write_fsl_gradients, write_volume
     from ..data.protocol import DWI_ROLES
 
@@ -388,26 +393,44 @@ def write_subject_steps(folder: str | os.PathLike, nodes: dict[str, Any], gradie
     if len({transform_id(n) for n in list(chosen.values()) + [mask] if n is not None}) > 1:
         raise MRHNetError("the input volumes are under different transforms; harden the transforms first")
     reference = header_subject(chosen, gradients).reference
-    for role, node in chosen.items():
-        if role in DWI_ROLES:
-            dwi = dwi_from_node(node, dwi_gradients(node, gradients.get(role)))
-            write_volume(folder / f"{role}.nii", dwi.volume)
-            write_fsl_gradients(folder / role, dwi.gradients, dwi.volume.affine)
-        else:
-            volume = volume_from_node(node)
-            if not np.any(volume.data):
-                raise MRHNetError(f"{_node_label(node)} ({role}): image is all zeros")
-            write_volume(folder / f"{role}.nii", volume)
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mrhnet-inputs")
+    writing: list[Any] = []  # (future, role) of the file being written
+
+    def write(role: str, volume: Volume) -> Iterator[str]:
+        yield from written()
+        writing.append((writer.submit(write_volume, folder / f"{role}.nii", volume), role))
         yield f"prepared {role}"
-    for role, node in (targets or {}).items():
-        write_volume(folder / f"{role}.nii", volume_from_node(node))
-        yield f"prepared {role}"
-    if mask is not None:
-        m = mask_from_node(mask, reference)
-        if not np.any(m.data):
-            raise MRHNetError(f"{_node_label(mask)}: brain mask is empty")
-        write_volume(folder / "mask.nii", m)
-        yield "prepared mask"
+
+    def written() -> Iterator[str]:
+        while writing:
+            future, role = writing[0]
+            if not future.done():
+                yield f"writing {role}"
+                continue
+            writing.pop(0)
+            future.result()  # a write error ends the job here
+
+    try:
+        for role, node in chosen.items():
+            if role in DWI_ROLES:
+                dwi = dwi_from_node(node, dwi_gradients(node, gradients.get(role)))
+                write_fsl_gradients(folder / role, dwi.gradients, dwi.volume.affine)
+                yield from write(role, dwi.volume)
+            else:
+                volume = volume_from_node(node)
+                if not np.any(volume.data):
+                    raise MRHNetError(f"{_node_label(node)} ({role}): image is all zeros")
+                yield from write(role, volume)
+        for role, node in (targets or {}).items():
+            yield from write(role, volume_from_node(node))
+        if mask is not None:
+            m = mask_from_node(mask, reference)
+            if not np.any(m.data):
+                raise MRHNetError(f"{_node_label(mask)}: brain mask is empty")
+            yield from write("mask", m)
+        yield from written()
+    finally:
+        writer.shutdown(wait=True, cancel_futures=True)
 
 
 def source_node_of(**inputs):

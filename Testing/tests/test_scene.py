@@ -162,6 +162,45 @@ def test_subject_from_nodes_matches_the_engine_subject(scene, phantom):
     assert sc.scene_signature(scene) == before  # reading inputs never changes the scene
 
 
+def test_inputs_are_written_off_the_gui_thread_one_at_a_time(scene, phantom, tmp_path, monkeypatch):
+    """A step copies one node's voxels; a background thread writes the file, and while it does the steps
+    report it instead of waiting (a GUI tick never blocks on the disk). The folder is the engine's subject;
+    closing the steps early (cancel) ends the write in flight and starts no other."""
+    import threading
+
+    from MRHNetLib.data import io
+    from MRHNetLib.data.subject import load_subject
+
+    nodes = _phantom_nodes(scene, phantom)
+    release, threads, real = threading.Event(), [], io.write_volume
+
+    def slow_disk(path, volume, *args, **kwargs):
+        threads.append(threading.current_thread().name)
+        release.wait(10)
+        return real(path, volume, *args, **kwargs)
+
+    monkeypatch.setattr(io, "write_volume", slow_disk)
+    steps = sc.write_subject_steps(tmp_path / "s", nodes)
+    assert next(steps) == "prepared t2w"
+    assert [next(steps) for _ in range(3)] == ["writing t2w"] * 3  # held by the disk, the GUI is not
+    release.set()
+    assert "prepared dwi_b5000" in list(steps)
+    assert len(threads) == 5 and all(name.startswith("mrhnet-inputs") for name in threads), threads
+    subject = load_subject(tmp_path / "s")
+    for role in ("t2w", "mt_on", "mt_off"):
+        np.testing.assert_array_equal(subject.images[role].data, phantom.images[role].data)
+    for role, dwi in phantom.dwi.items():
+        np.testing.assert_allclose(subject.dwi[role].volume.data, dwi.volume.data)
+
+    release.clear()
+    steps = sc.write_subject_steps(tmp_path / "c", nodes)
+    assert next(steps) == "prepared t2w"
+    release.set()
+    steps.close()  # cancel: waits for the file in flight only
+    assert not any(t.name.startswith("mrhnet-inputs") and t.is_alive() for t in threading.enumerate())
+    assert sorted(f.name for f in (tmp_path / "c").iterdir()) == ["t2w.nii"]
+
+
 def test_bad_selections_give_clear_errors(scene, phantom):
     nodes = _phantom_nodes(scene, phantom)
     with pytest.raises(MRHNetError, match="no input volumes selected"):
