@@ -196,12 +196,16 @@ def source_mask(nf: np.ndarray) -> np.ndarray:
 
 
 def structure_orientation(image: np.ndarray, spacing: np.ndarray, index: np.ndarray,
-                          sigma_d_mm: float = 0.08, sigma_i_mm: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+                          sigma_d_mm: float = 0.08, sigma_i_mm: float = 0.2,
+                          along: str = "ridge") -> tuple[np.ndarray, np.ndarray]:
     """Fibre direction and coherence at the flat voxel ``index`` from the structure tensor of ``image``.
 
     Tracts are bright ridges of the neurofilament map, so their axis is the direction of least intensity
-    change: the eigenvector of the smallest eigenvalue (voxel-axis frame, physical units). Coherence
+    change: the eigenvector of the smallest eigenvalue (voxel-axis frame, physical units). ``along=
+    "gradient"`` gives the direction of most change instead (across cortical layers: radial). Coherence
     (l_max - l_min) / (l_max + l_min) is 0 where the neighbourhood is isotropic and near 1 in tracts."""
+    if along not in ("ridge", "gradient"):
+        raise MRHNetError(f"unknown orientation '{along}' (use ridge or gradient)")
     spacing = np.asarray(spacing, dtype=float)
     sd = np.maximum(sigma_d_mm / spacing, 0.7)
     si = np.maximum(sigma_i_mm / spacing, 1.0)
@@ -220,7 +224,7 @@ def structure_orientation(image: np.ndarray, spacing: np.ndarray, index: np.ndar
     evals, evecs = np.linalg.eigh(tensor)
     lo, hi = evals[:, 0], evals[:, 2]
     coherence = np.clip((hi - lo) / np.maximum(hi + lo, 1e-12), 0, 1)
-    return evecs[:, :, 0].astype(np.float32), coherence.astype(np.float32)
+    return evecs[:, :, 0 if along == "ridge" else 2].astype(np.float32), coherence.astype(np.float32)
 
 
 def _tissue_from_maps(shape: tuple[int, int, int], spacing: np.ndarray, affine: np.ndarray, partial: np.ndarray,

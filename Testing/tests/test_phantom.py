@@ -209,3 +209,21 @@ def test_figure(tmp_path):
 
     img = imread(path)
     assert img.ndim == 3 and img.shape[0] > 200 and img[..., :3].std() > 0.05
+
+
+def test_structure_orientation_along_ridges_or_across_layers():
+    """A layered image (intensity changing along the third axis only, like cortical layers) and a bright
+    tract along the first axis: ``ridge`` gives the tract's axis, ``gradient`` the axis across the layers."""
+    from MRHNetLib.simulation.phantom import structure_orientation
+
+    z = np.arange(24, dtype=np.float32)
+    layers = np.broadcast_to(np.sin(z / 3.0), (24, 24, 24)).copy()
+    yy, zz = np.meshgrid(np.arange(24), np.arange(24), indexing="ij")
+    tract = np.broadcast_to(np.exp(-((yy - 12) ** 2 + (zz - 12) ** 2) / 8.0), (24, 24, 24)).astype(np.float32).copy()
+    centre = np.array([np.ravel_multi_index((12, 12, 12), (24, 24, 24))])
+    spacing = np.full(3, 0.05)
+    across = structure_orientation(layers, spacing, centre, along="gradient")[0][0]
+    along_tract = structure_orientation(tract, spacing, centre)[0][0]
+    assert abs(across[2]) > 0.99 and abs(along_tract[0]) > 0.99, (across, along_tract)
+    with pytest.raises(MRHNetError, match="unknown orientation"):
+        structure_orientation(layers, spacing, centre, along="radial")

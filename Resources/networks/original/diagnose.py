@@ -17,15 +17,21 @@ protocol, the search's centre-voxel evaluation), for the default and the calibra
    MRI-based predictor could reach if the pigment were all it misses), and r of a gradient-boosting fit of
    the truth to the noise-free inputs (five folds split into left-right slabs): what the simulated MRI
    carries about the truth.
-5. **Real maps.** The voxel correlation of the shipped real virtual-AF and virtual-Nissl maps (the
+5. **Fibre orientation.** DTI FA of grey and white matter (dipy, b ~1900 shell, noise-free); r with every
+   voxel's fibres made isotropic; with grey-matter fibres (myelin below 15 % or 30 % of its maximum) along
+   the NF map's direction of most change (radial in cortex) instead of least; and with the protocol's
+   gradient directions under each of the 24 axis permutations and single-axis flips (the best, and the
+   shipped one). Calibrated set only.
+6. **Real maps.** The voxel correlation of the shipped real virtual-AF and virtual-Nissl maps (the
    phantom's anatomy sources: outputs of the original networks on two real brains, on one grid) where both
    are valid (AF above 0, Nissl above 10, as the phantom reads them).
 
-Writes ``diagnose_C1.json`` into OUT_DIR. About 35 s on 2 cores.
+Writes ``diagnose_C1.json`` into OUT_DIR. About 50 s on 2 cores.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -35,7 +41,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from calibrate import HEADROOM, FastEvaluator, split  # noqa: E402
+from calibrate import HEADROOM, FastEvaluator, full_tissue, split  # noqa: E402
 from phantom_check import NETWORKS  # noqa: E402
 
 from MRHNetLib.data.protocol import Protocol  # noqa: E402
@@ -43,7 +49,8 @@ from MRHNetLib.network.infer import as_model  # noqa: E402
 from MRHNetLib.resources import resource  # noqa: E402
 from MRHNetLib.simulation import calibration  # noqa: E402
 from MRHNetLib.simulation.phantom import AF_SOURCE, NISSL_SOURCE  # noqa: E402
-from MRHNetLib.simulation.tissue import AXON_MAX, CELLS_MAX, MYELIN_MAX, TARGET_SCALE, Tissue, histology  # noqa: E402
+from MRHNetLib.simulation.tissue import (  # noqa: E402
+    AXON_MAX, CELLS_MAX, MYELIN_MAX, TARGET_SCALE, Tissue, dwi_signal, histology)
 
 PROPERTIES = {"cells": CELLS_MAX, "myelin": MYELIN_MAX, "axon": AXON_MAX, "water": 1.0, "dispersion": 1.0,
               "lipofuscin": 1.0}
@@ -117,6 +124,44 @@ def real_maps_r() -> float:
     return round(float(np.corrcoef(af[valid], nissl[valid])[0, 1]), 3)
 
 
+def orientation_probes(ev: FastEvaluator, values: dict[str, float], nets: dict) -> dict:
+    """Item 5 of the module docstring (restores the evaluator's directions, dispersion and shells)."""
+    from MRHNetLib.data.io import Gradients, rotation_of
+    from MRHNetLib.data.maps import fa_md
+    from MRHNetLib.simulation.phantom import structure_orientation
+
+    t, (b, g) = ev.sample, ev.shells[0]
+    physics, _ = split(values)
+    fa = fa_md(dwi_signal(t, b, g, physics)[:, None, None, :], Gradients(b, g))[0][:, 0, 0]
+    myelin = t.myelin / MYELIN_MAX
+    grey, white = (myelin < 0.15) & (t.water < 0.05), myelin > 0.6
+    score = lambda: {label: round(ev.score(values, m)[0], 3) for label, m in nets.items()}  # noqa: E731
+    out: dict = {"fa_grey": round(float(np.median(fa[grey])), 3), "fa_white": round(float(np.median(fa[white])), 3)}
+    direction, dispersion, shells = t.direction.copy(), t.dispersion.copy(), list(ev.shells)
+    try:
+        t.dispersion[:] = 1.0
+        out["isotropic_fibres"] = score()
+        t.dispersion[:] = dispersion
+        full, affine = full_tissue("C1")
+        radial = structure_orientation(full.to_volume(full.axon / AXON_MAX), np.sqrt((affine[:3, :3] ** 2).sum(0)),
+                                       t.index, along="gradient")[0] @ rotation_of(affine).T.astype(np.float32)
+        radial /= np.maximum(np.linalg.norm(radial, axis=1, keepdims=True), 1e-6)
+        for level in (0.15, 0.3):
+            t.direction[:] = np.where((myelin < level)[:, None], radial, direction)
+            out[f"radial_grey_below_{level:g}"] = score()
+        t.direction[:] = direction
+        scan = []
+        for perm in itertools.permutations(range(3)):
+            for flip in ((1, 1, 1), (-1, 1, 1), (1, -1, 1), (1, 1, -1)):
+                ev.shells = [(bs, gs[:, perm] * np.array(flip)) for bs, gs in shells]
+                scan.append({"axes": "".join("RAS"[k] for k in perm), "flip": list(flip), "r": score()})
+        out["gradient_frames_shipped"] = scan[0]
+        out["gradient_frames_best"] = max(scan, key=lambda e: sum(e["r"].values()))
+    finally:
+        t.direction[:], t.dispersion[:], ev.shells = direction, dispersion, shells
+    return out
+
+
 def main(out_dir: Path) -> dict:
     t0 = time.monotonic()
     proto = Protocol.from_json(resource("protocols", "original.json").read_text())
@@ -144,6 +189,8 @@ def main(out_dir: Path) -> dict:
                             "grey_response": grey_response(ev, values, model), "r_and_mean_ratio_by_noise": noise}
         result[set_name] = entry
         print(set_name, json.dumps(entry), flush=True)
+    result["orientation"] = orientation_probes(ev, sets["calibrated"], nets)
+    print("orientation", json.dumps(result["orientation"]), flush=True)
     result["wall_s"] = round(time.monotonic() - t0)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "diagnose_C1.json").write_text(json.dumps(result, indent=1) + "\n")
