@@ -216,7 +216,11 @@ class ChildJob:
         if proc is None or proc.poll() is not None:
             return
         if os.name == "nt":  # PythonSlicer.exe is a launcher: the job runs in its child, so end the tree
-            subprocess.run(kill_tree_command(proc.pid), capture_output=True, check=False)
+            try:  # no console window flashing up from the GUI
+                subprocess.run(kill_tree_command(proc.pid), capture_output=True, check=False, timeout=5 * KILL_WAIT_S,
+                               creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
+            except (OSError, subprocess.TimeoutExpired):
+                pass  # the launcher itself is still killed below
             try:
                 proc.wait(timeout=KILL_WAIT_S)
             except subprocess.TimeoutExpired:
