@@ -54,10 +54,32 @@ def run(args: argparse.Namespace) -> int:
               f"(plain HTTP). Prefer the default 127.0.0.1 and an SSH tunnel "
               f"(ssh -L {args.port}:127.0.0.1:{args.port} SERVER).", file=sys.stderr)
 
+    check_address(args.host, args.port)
     from ..gui.webapp import WebApp
 
     app = WebApp(folder, simulated_size=args.simulated_size)
     app.ctrl.on_server_ready.add(lambda **_: print(f"MRHNet app serving {folder.resolve()} at "
                                                    f"{access_url(args.host, app.server.port, token)}", flush=True))
-    app.start(host=args.host, port=args.port, token=token)
+    try:
+        app.start(host=args.host, port=args.port, token=token)
+    except OSError as exc:  # the address was taken meanwhile
+        raise MRHNetError(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}") from None
     return 0
+
+
+def check_address(host: str, port: int) -> None:
+    """Refuse, in one line and before the app is built, an address this machine cannot listen on (a port in
+    use, a host name that does not resolve or is not this machine's)."""
+    import os
+    import socket
+
+    from ..errors import MRHNetError
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            if os.name != "nt":  # as the server binds: a port that just closed is free again
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        raise MRHNetError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None

@@ -244,9 +244,14 @@ class Controller:
 
         def publish(outputs: dict[str, Any]) -> Iterator[str]:
             nodes: dict[str, Any] = {}
-            for role, node in read_subject_nodes(self.scene, Path(outputs["subject"]), name):
-                nodes[role] = node
-                yield f"loading {role}"
+            try:
+                for role, node in read_subject_nodes(self.scene, Path(outputs["subject"]), name):
+                    nodes[role] = node
+                    yield f"loading {role}"
+            except GeneratorExit:  # cancelled while loading: the scene keeps none of it
+                for node in nodes.values():
+                    sc.remove_node(self.scene, node)
+                raise
             sc.show_overlay(self.scene, None, nodes.get("t2w"), 0.0)
             self.task.result = nodes
             yield "done"
@@ -357,7 +362,8 @@ class Controller:
             self.last = task.kind
             if task.job is not None and not task.job.finished:
                 task.job.cancel()
-            getattr(task.prepare, "close", lambda: None)()  # a background write of the inputs ends first
+            for steps in (task.prepare, task.steps):  # a background write ends first; a half-loaded sample goes
+                getattr(steps, "close", lambda: None)()
             shutil.rmtree(task.workdir, ignore_errors=True)
         return event
 

@@ -113,7 +113,10 @@ def maps_folder(root: str | os.PathLike, subject_folder: Path | None) -> Path:
     ``simulated_brain/maps/``), refused when that leads outside the data folder ``root``."""
     base = Path(root).resolve()
     subject = SIM_FOLDER if subject_folder is None else _relative(base, Path(subject_folder).resolve())
-    return resolve_in(base, f"{subject}/{MAPS_FOLDER}")
+    folder = resolve_in(base, f"{subject}/{MAPS_FOLDER}")
+    if folder != resolve_in(base, subject) / MAPS_FOLDER:  # a link to another subject's folder: its files are not guarded
+        raise MRHNetError(f"{subject}/{MAPS_FOLDER}: refused, it is a link to another folder; remove the link to save")
+    return folder
 
 
 def save_maps(folder: str | os.PathLike, maps: dict[str, Any], inputs: set[Path] = frozenset()) -> list[Path]:
@@ -491,8 +494,10 @@ class WebApp:
                 raise MRHNetError(f"{self.state.device}: device not available here")
             self.controller.predict(self._inputs, models, device=self.state.device, opacity=float(self.state.opacity),
                                     evaluate=True)
-        except MRHNetError as exc:
-            self.state.error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - e.g. a full /tmp: one line on the page, not only in the log
+            from ..errors import error_message
+
+            self.state.error = error_message(exc)
             self._check_models()
             return
         self.state.running, self.state.saved, self.state.error = True, "", ""
@@ -680,20 +685,48 @@ def token_middleware(token: str):
     return check_token
 
 
-def require_token(server, token: str) -> None:
-    """Make the trame ``server`` refuse every request without ``token`` (call before it starts). Fails
-    closed: if the web server trame builds is not an aiohttp application that takes the middleware, the start
-    raises instead of serving unprotected."""
-    middleware = token_middleware(token)
+def loopback_middleware(port: int):
+    """Without a token (loopback addresses only): an aiohttp middleware that refuses requests whose ``Host`` is
+    not this machine's loopback name and port, and requests (the websocket above all) from another ``Origin``,
+    so that a web page the user visits cannot reach the app by DNS rebinding. 403 with the refusal page."""
+    from aiohttp import web
+    from yarl import URL
 
+    def local(address: str) -> bool:
+        try:
+            url = URL(address if "://" in address else f"http://{address}")
+        except ValueError:
+            return False
+        return url.host in ("127.0.0.1", "localhost", "::1") and (not port or url.port == port)
+
+    @web.middleware
+    async def check_host(request, handler):
+        origin = request.headers.get("Origin")
+        if not local(request.host) or (origin is not None and not local(origin)):
+            return web.Response(status=403, text="MRHNet app: refused; it serves this machine's loopback address "
+                                "only (open the address that mrhnet app printed)", headers={"Cache-Control": "no-store"})
+        return await handler(request)
+
+    return check_host
+
+
+def install_middleware(server, middleware, what: str) -> None:
+    """Put ``middleware`` first on the trame ``server``'s aiohttp application (call before it starts). Fails
+    closed: if the web server trame builds is not an aiohttp application that takes it, the start raises
+    instead of serving unprotected."""
     def bind(wslink_server) -> None:
         app = getattr(wslink_server, "app", None)
         middlewares = getattr(app, "middlewares", None)
         if middlewares is None or getattr(middlewares, "frozen", True):
-            raise RuntimeError("MRHNet app: cannot install the token check on this web server; not serving")
+            raise RuntimeError(f"MRHNet app: cannot install the {what} on this web server; not serving")
         middlewares.insert(0, middleware)  # first: outside any middleware wslink added
 
     server.controller.on_server_bind.add(bind)
+
+
+def require_token(server, token: str) -> None:
+    """Make the trame ``server`` refuse every request without ``token`` (call before it starts)."""
+    install_middleware(server, token_middleware(token), "token check")
 
 
 def start_server(server, host: str, port: int, token: str | None, **kwargs) -> None:
@@ -705,6 +738,8 @@ def start_server(server, host: str, port: int, token: str | None, **kwargs) -> N
         raise MRHNetError(f"{host}: an address other than {', '.join(LOOPBACK)} is only served with a token")
     if token is not None:
         require_token(server, token)
+    else:
+        install_middleware(server, loopback_middleware(port), "loopback check")
     sys.argv[1:] = []  # trame parses the command line itself; ours was parsed already
     server.start(host=host, port=port, open_browser=False, timeout=0, show_connection_info=False,
                  backend="aiohttp", **kwargs)

@@ -206,6 +206,20 @@ def test_sample_brain_simulated_in_the_child_and_loaded(scene, tmp_path):
     assert view.GetBackgroundVolumeID() == nodes["t2w"].GetID()
 
 
+def test_cancel_while_the_sample_loads_leaves_no_nodes(scene, tmp_path):
+    """The sample's images are added one per tick after the child ends; a cancel (or a subject switch in the
+    web app) in between removes the ones already added."""
+    controller = Controller(scene, workroot=tmp_path)
+    before = sc.scene_signature(scene)
+    controller.load_sample(size="small", name="sample")
+    loading = []
+    while controller.busy and len(loading) < 2:
+        loading += [e.message for e in controller.poll() if e.message.startswith("loading")]
+    assert len(loading) == 2 and scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") > 0
+    assert controller.cancel()
+    assert sc.scene_signature(scene) == before and list(tmp_path.iterdir()) == []
+
+
 def test_a_failing_job_reports_one_line_and_cleans_up(scene, phantom, tmp_path):
     nodes, inputs = _nodes(scene, phantom)
     broken = tmp_path / "broken.mrhnet"

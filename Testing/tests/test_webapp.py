@@ -98,6 +98,10 @@ def test_maps_are_saved_inside_the_data_folder_only(tmp_path):
     (data / "group" / "mouse2" / MAPS_FOLDER).symlink_to(outside, target_is_directory=True)
     with pytest.raises(MRHNetError, match="refused"):
         maps_folder(data, data / "group" / "mouse2")
+    # a link to another subject inside the data folder: saving would replace that subject's files
+    (data / "mouse1" / MAPS_FOLDER).symlink_to(data / "group", target_is_directory=True)
+    with pytest.raises(MRHNetError, match="mouse1/maps: refused, it is a link"):
+        maps_folder(data, data / "mouse1")
 
 
 def test_app_on_a_subject_folder_and_model_choices_stay_inside(tmp_path):
@@ -355,6 +359,15 @@ def test_app_never_serves_a_network_address_without_a_token(tmp_path):
     assert empty.returncode == 2 and "empty" in empty.stderr
     missing = _mrhnet_app(str(tmp_path / "nope"))
     assert missing.returncode == 2 and "data folder does not exist" in missing.stderr
+    import socket
+
+    with socket.socket() as taken:  # a port another program listens on: one line, no traceback
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = _mrhnet_app(str(tmp_path), "--port", str(taken.getsockname()[1]))
+    assert busy.returncode == 2 and "cannot serve on 127.0.0.1:" in busy.stderr and "Traceback" not in busy.stderr, \
+        busy.stderr
+    assert "serving" not in busy.stdout
 
 
 def test_app_command_prints_the_token_url_and_warns(tmp_path, monkeypatch, capsys):
@@ -468,6 +481,43 @@ def test_app_requires_its_token_for_the_page_its_files_and_the_websocket(tmp_pat
         assert token.encode() not in Path(f"/proc/{app.proc.pid}/cmdline").read_bytes()
         assert "no token" not in app.log() and "listening on" not in app.log()
         asyncio.run(_probe_access(base, token))
+        assert app.proc.poll() is None, app.log()
+    finally:
+        app.stop()
+
+
+async def _probe_loopback(base: str, port: int) -> None:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as client:
+        async def status(**headers) -> int:
+            async with client.get(base + "/index.html", headers=headers, allow_redirects=False) as r:
+                return r.status
+
+        async def ws_status(**headers) -> int:
+            try:
+                async with client.ws_connect(base + "/ws", headers=headers):
+                    return 101
+            except aiohttp.WSServerHandshakeError as exc:
+                return exc.status
+
+        assert await status() == 200 and await status(Host=f"localhost:{port}") == 200
+        assert await status(Host="evil.example") == 403  # DNS rebinding: a page of evil.example at 127.0.0.1
+        assert await status(Host=f"evil.example:{port}") == 403
+        assert await ws_status(Origin=f"http://127.0.0.1:{port}") == 101
+        assert await ws_status(Origin="http://evil.example") == 403
+
+
+def test_app_without_token_answers_only_its_loopback_address(tmp_path):
+    """``--no-token``: no page of another site reaches the app, even through a name that resolves to
+    127.0.0.1 (its Host header, or its websocket's Origin, is not this machine's loopback address)."""
+    import asyncio
+
+    port = _free_port()
+    app = AppProcess(tmp_path, port, "--no-token")
+    try:
+        assert app.wait_ready() == f"http://127.0.0.1:{port}/"
+        asyncio.run(_probe_loopback(f"http://127.0.0.1:{port}", port))
         assert app.proc.poll() is None, app.log()
     finally:
         app.stop()
