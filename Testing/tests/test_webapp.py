@@ -169,6 +169,15 @@ def test_app_runs_a_subject_folder_through_the_controller(tmp_path, monkeypatch)
     app.state.selected_models, app.state.device = ["data:models/af.mrhnet"], "cpu"
     app._check_models()
     assert app.state.check_errors == []
+    real_predict = app.controller.predict  # a failure that is not the engine's own (e.g. a full /tmp): one line
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(app.controller, "predict", disk_full)
+    app.run()
+    assert app.state.error == "OSError: [Errno 28] No space left on device" and not app.state.running
+    monkeypatch.setattr(app.controller, "predict", real_predict)
     app.run()
     assert app.state.running and app.controller.task.spec["subject"] == str(folder)
     assert app.controller.task.spec["chunk_voxels"] is None  # the engine's default for the device
