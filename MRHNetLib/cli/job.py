@@ -185,6 +185,31 @@ def _raise_exit(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
+def watch_parent(pid: int | None, interval_s: float = 1.0) -> None:
+    """End the job (as a cancel does, cleanup included) when the GUI process ``pid`` is gone: a crashed or
+    killed Slicer or web app must not leave its engine computing. Checked once per ``interval_s`` by a daemon
+    thread; POSIX only (Windows ends the job with its GUI's process tree only on Cancel)."""
+    if not pid or os.name == "nt":
+        return
+    import threading
+
+    def alive() -> bool:
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # another user's process now holds the number: ours is gone
+            return False
+        return True
+
+    def watch() -> None:
+        while alive():
+            time.sleep(interval_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="mrhnet-parent-watch", daemon=True).start()
+
+
 def run(args: argparse.Namespace) -> int:
     exit_on_sigterm()
     path = Path(args.spec)
@@ -192,4 +217,5 @@ def run(args: argparse.Namespace) -> int:
         spec = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise MRHNetError(f"{path}: cannot read the job file ({exc})") from None
+    watch_parent(spec.get("parent_pid"))
     return execute(spec, emitter())

@@ -96,7 +96,7 @@ class ChildJob:
             raise MRHNetError(f"job '{self.name}' was already started")
         self.workdir.mkdir(parents=True, exist_ok=True)
         spec_path = self.workdir / "job.json"
-        spec_path.write_text(json.dumps(self.spec, indent=1))
+        spec_path.write_text(json.dumps({"parent_pid": os.getpid(), **self.spec}, indent=1))  # the child watches it
         command = (self.python or python_command()) + ["-m", "MRHNetLib", "job", str(spec_path)]
         options: dict[str, Any] = {"start_new_session": True} if os.name != "nt" else \
             {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW}

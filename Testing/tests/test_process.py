@@ -72,3 +72,23 @@ def test_a_cancelled_job_runs_its_cleanup(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 128 + 15, out.stderr[-1000:]
     assert not marker.exists()
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX: the job watches its GUI's process id")
+def test_a_job_whose_gui_is_gone_stops(tmp_path):
+    """A crashed or killed Slicer / web app (its ``parent_pid``, which ChildJob writes into the spec) must not
+    leave the engine computing: the job ends as a cancel does (exit 143). With a live GUI the other tests'
+    jobs run to the end."""
+    import subprocess
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # its process id no longer runs
+    spec = tmp_path / "job.json"
+    spec.write_text(json.dumps({"kind": "phantom", "out": str(tmp_path / "s"), "size": "medium",
+                                "parent_pid": gone.pid}))
+    out = subprocess.run([sys.executable, "-m", "MRHNetLib", "job", str(spec)], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 128 + 15, (out.returncode, out.stderr[-1000:])
+    job = ChildJob({"kind": "phantom", "out": str(tmp_path / "t"), "size": "small"}, tmp_path / "w").start()
+    assert json.loads((tmp_path / "w" / "job.json").read_text())["parent_pid"] == os.getpid()
+    job.wait(timeout=120)
