@@ -242,7 +242,7 @@ class WebApp:
         s.runs = 0  # completed runs (outputs on show)
         s.progress = 0.0
         s.overlays, s.overlay, s.opacity, s.show_3d = [], None, DEFAULT_OPACITY, False
-        s.eval_rows, s.eval_figure, s.saved = [], "", ""
+        s.eval_rows, s.eval_figure, s.saved, s.saving = [], "", "", False
         s.change("subject")(lambda subject, **_: self._on_subject(subject))
         s.change("selected_models")(lambda **_: self._check_models())
         s.change("overlay", "opacity")(lambda **_: self._show_overlay())
@@ -314,7 +314,7 @@ class WebApp:
                 v3.VSwitch(label="3D view", v_model=("show_3d",), density="compact", hide_details=True,
                            id="show-3d")
                 v3.VBtn("Save maps to the subject folder", click=self.save, id="save-button",
-                        disabled=("running || !overlays.length",), variant="tonal")
+                        disabled=("running || saving || !overlays.length",), variant="tonal")
                 html.Div("{{ saved }}", classes="text-caption", id="saved")
                 with html.Div(v_if="eval_rows.length", id="evaluation"):
                     html.Div("Evaluation against the subject's histology", classes="text-subtitle-2 mt-2")
@@ -537,21 +537,39 @@ class WebApp:
         self.render_views()
 
     # --- save -------------------------------------------------------------------------------------------
-    def save(self) -> None:
+    def save(self):
         """Write the maps as ``<target>.nii.gz`` into ``maps/`` of the subject folder (the simulated brain's
-        into ``simulated_brain/maps/``), never over an input file."""
+        into ``simulated_brain/maps/``), never over an input file. The maps are copied from the scene here;
+        the files are written by a worker thread (about a second per whole-brain map), so the page stays live.
+        Returns the asyncio task (None when nothing is saved)."""
+        from trame_server.utils.asynchronous import create_task
+
         from .scene import volume_from_node
 
-        if not self._outputs:
-            return
+        if not self._outputs or self.state.saving:
+            return None
         try:
             folder = maps_folder(self.root, self._subject_folder)
             inputs = subject_files(self._subject_folder) if self._subject_folder is not None else set()
-            paths = save_maps(folder, {key: volume_from_node(node) for key, node in self._outputs.items()}, inputs)
+            maps = {key: volume_from_node(node) for key, node in self._outputs.items()}  # the scene: loop only
         except (MRHNetError, OSError) as exc:
             self.state.error = str(exc)
+            return None
+        self.state.saving, self.state.saved = True, "saving..."
+        return create_task(self._save(folder, maps, inputs))
+
+    async def _save(self, folder: Path, maps: dict[str, Any], inputs: set[Path]) -> None:
+        import asyncio
+
+        try:
+            paths = await asyncio.get_running_loop().run_in_executor(None, save_maps, folder, maps, inputs)
+        except (MRHNetError, OSError) as exc:
+            with self.state:
+                self.state.error, self.state.saved, self.state.saving = str(exc), "", False
             return
-        self.state.saved = "saved " + ", ".join(_relative(self.root, p) for p in paths)
+        with self.state:
+            self.state.saved = "saved " + ", ".join(_relative(self.root, p) for p in paths)
+            self.state.saving = False
 
     # --- views ------------------------------------------------------------------------------------------
     def _set_3d(self, show: bool) -> None:

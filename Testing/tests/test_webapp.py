@@ -186,8 +186,10 @@ def test_app_runs_a_subject_folder_through_the_controller(tmp_path, monkeypatch)
     assert [o["value"] for o in app.state.overlays] == ["af"]
     assert app.state.eval_rows[1][0] == "AF network" and app.state.eval_figure.startswith("data:image/png;base64,")
 
-    app.save()
-    assert app.state.saved == "saved mouse/maps/af.nii.gz"
+    saving = app.save()  # the maps are copied now, the files written by a worker thread
+    assert app.state.saving and app.state.saved == "saving..." and app.save() is None  # one save at a time
+    saving.get_loop().run_until_complete(saving)
+    assert app.state.saved == "saved mouse/maps/af.nii.gz" and not app.state.saving
     saved = io.read_volume(folder / "maps" / "af.nii.gz")
     np.testing.assert_allclose(saved.affine, phantom.images["t2w"].affine, atol=1e-5)
     assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == inputs_before
