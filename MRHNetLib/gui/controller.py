@@ -246,6 +246,9 @@ class Controller:
             nodes: dict[str, Any] = {}
             try:
                 for role, node in read_subject_nodes(self.scene, Path(outputs["subject"]), name):
+                    if node is None:
+                        yield f"reading {role}"
+                        continue
                     nodes[role] = node
                     yield f"loading {role}"
             except GeneratorExit:  # cancelled while loading: the scene keeps none of it
@@ -397,15 +400,26 @@ def header_subject_of(inputs: Inputs):
 
 def read_subject_nodes(scene, folder: Path, name: str) -> Iterator[tuple[str, Any]]:
     """A subject folder's images as new scene nodes, one per step, named as
-    :func:`~MRHNetLib.gui.scene.add_subject_nodes` names them; nodes keep no link to the files."""
+    :func:`~MRHNetLib.gui.scene.add_subject_nodes` names them; nodes keep no link to the files. A worker thread
+    reads each file (seconds for a whole-brain DWI shell) while the steps yield ``(role, None)``; the node is
+    added on the calling (GUI) thread once its file is read. Closing the steps waits for the read in flight."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from ..data.io import read_dwi, read_volume
     from ..data.protocol import DWI_ROLES
     from ..data.subject import DWI, _find
 
-    for role in list(INPUT_ROLES) + ["mask", "af", "nf", "mbp"]:
-        path = _find(folder, role)
-        if path is None:
-            continue
-        image = DWI(*read_dwi(path, folder / f"{role}.bval", folder / f"{role}.bvec")) if role in DWI_ROLES \
-            else read_volume(path, allow_4d=False)
-        yield role, sc.add_role_node(scene, role, image, name)
+    def read(role: str, path: Path):
+        if role in DWI_ROLES:
+            return DWI(*read_dwi(path, folder / f"{role}.bval", folder / f"{role}.bvec"))
+        return read_volume(path, allow_4d=False)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mrhnet-read") as reader:
+        for role in list(INPUT_ROLES) + ["mask", "af", "nf", "mbp"]:
+            path = _find(folder, role)
+            if path is None:
+                continue
+            image = reader.submit(read, role, path)
+            while not image.done():
+                yield role, None
+            yield role, sc.add_role_node(scene, role, image.result(), name)

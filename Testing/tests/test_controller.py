@@ -220,6 +220,37 @@ def test_cancel_while_the_sample_loads_leaves_no_nodes(scene, tmp_path):
     assert sc.scene_signature(scene) == before and list(tmp_path.iterdir()) == []
 
 
+def test_subject_files_are_read_off_the_gui_thread(scene, phantom, tmp_path, monkeypatch):
+    """The sample's (or a subject's) files are read by a worker thread while the steps report it: a tick
+    never waits for the disk (seconds for a whole-brain DWI shell); each node is added once its file is read."""
+    import threading
+
+    from MRHNetLib.data import io
+    from MRHNetLib.gui.controller import read_subject_nodes
+
+    folder = phantom.save(tmp_path / "mouse")
+    release, threads = threading.Event(), []
+    real_volume, real_dwi = io.read_volume, io.read_dwi
+
+    def slow(real):
+        def read(*args, **kwargs):
+            threads.append(threading.current_thread().name)
+            release.wait(10)
+            return real(*args, **kwargs)
+        return read
+
+    monkeypatch.setattr(io, "read_volume", slow(real_volume))
+    monkeypatch.setattr(io, "read_dwi", slow(real_dwi))
+    before = scene.GetNumberOfNodesByClass("vtkMRMLVolumeNode")
+    steps = read_subject_nodes(scene, folder, "mouse")
+    assert [next(steps) for _ in range(3)] == [("t2w", None)] * 3  # held by the disk, the GUI is not
+    release.set()
+    nodes = dict(step for step in steps if step[1] is not None)
+    assert {"t2w", "mt_on", "mt_off", "dwi_b2000", "dwi_b5000", "af"} <= set(nodes)
+    assert threads and all(name.startswith("mrhnet-read") for name in threads), threads
+    assert scene.GetNumberOfNodesByClass("vtkMRMLVolumeNode") == before + len(nodes)
+
+
 def test_a_failing_job_reports_one_line_and_cleans_up(scene, phantom, tmp_path):
     nodes, inputs = _nodes(scene, phantom)
     broken = tmp_path / "broken.mrhnet"
