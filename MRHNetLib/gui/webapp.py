@@ -688,6 +688,12 @@ def token_middleware(token: str):
         if not allowed:
             return web.Response(status=403, text=REFUSED_PAGE, content_type="text/html",
                                 headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
+        if from_query and request.method == "GET" and request.headers.get("Upgrade", "").lower() != "websocket":
+            # the printed address: keep the token in the cookie, not in the address bar and the browser history
+            clean = request.rel_url.with_query({k: v for k, v in request.rel_url.query.items() if k != TOKEN_PARAM})
+            moved = web.HTTPFound(str(clean), headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
+            remember(moved)
+            raise moved
         try:
             response = await handler(request)
         except web.HTTPException as exc:  # "/" redirects to index.html: the cookie goes with the redirect

@@ -449,6 +449,10 @@ async def _probe_access(base: str, token: str) -> None:
             return exc.status
 
     cookie = token_cookie(token)
+    async with session() as first:  # the printed address leaves the token in a cookie, not in the address bar
+        async with first.get(f"{base}/index.html?token={token}&x=1", allow_redirects=False) as r:
+            assert r.status == 302 and r.headers["Location"] == "/index.html?x=1", (r.status, r.headers)
+        assert [c.value for c in first.cookie_jar if c.key == cookie] == [token]
     async with session() as good:
         async with good.get(f"{base}/?token={token}") as r:  # the printed URL (redirects to index.html)
             assert r.status == 200, r.status
