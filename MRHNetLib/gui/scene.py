@@ -78,7 +78,7 @@ def node_array(node) -> np.ndarray:
     flat = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
     arr = flat.reshape(tuple(reversed(dims)) + ((comps,) if comps > 1 else ()))  # (k, j, i[, c])
     arr = np.transpose(arr, (2, 1, 0, 3) if comps > 1 else (2, 1, 0))
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    return np.array(arr, dtype=np.float32, order="C")  # always a copy: a worker thread may write it out
 
 
 def _set_image(node, data: np.ndarray, affine: np.ndarray) -> None:
