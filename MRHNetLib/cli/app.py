@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         app.start(host=args.host, port=args.port, token=token)
     except OSError as exc:  # the address was taken meanwhile
-        raise MRHNetError(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}") from None
+        raise cannot_serve(args.host, args.port, exc) from None
     return 0
 
 
@@ -73,8 +73,6 @@ def check_address(host: str, port: int) -> None:
     import os
     import socket
 
-    from ..errors import MRHNetError
-
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         with socket.socket(family, kind, proto) as probe:
@@ -82,4 +80,10 @@ def check_address(host: str, port: int) -> None:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind(address)
     except OSError as exc:
-        raise MRHNetError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+        raise cannot_serve(host, port, exc) from None
+
+
+def cannot_serve(host: str, port: int, exc: OSError):
+    from ..errors import MRHNetError
+
+    return MRHNetError(f"cannot serve on {host}:{port}: {exc.strerror or exc}")

@@ -196,9 +196,7 @@ def watch_parent(pid: int | None, interval_s: float = 1.0) -> None:
     def alive() -> bool:
         try:
             os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:  # another user's process now holds the number: ours is gone
+        except (ProcessLookupError, PermissionError):  # gone, or the number now is another user's process
             return False
         return True
 

@@ -419,7 +419,5 @@ def read_subject_nodes(scene, folder: Path, name: str) -> Iterator[tuple[str, An
             path = _find(folder, role)
             if path is None:
                 continue
-            image = reader.submit(read, role, path)
-            while not image.done():
-                yield role, None
-            yield role, sc.add_role_node(scene, role, image.result(), name)
+            image = yield from sc.until_done(reader.submit(read, role, path), (role, None))
+            yield role, sc.add_role_node(scene, role, image, name)

@@ -374,6 +374,14 @@ def header_subject(nodes: dict[str, Any], gradients: dict[str, Any] | None = Non
     return subject.check_grid()
 
 
+def until_done(future, step: Any) -> Iterator[Any]:
+    """Yield ``step`` (one per GUI tick) until the worker's ``future`` is done, then return its result (or
+    raise its error): GUI steps wait for file I/O on a worker thread without blocking a tick."""
+    while not future.done():
+        yield step
+    return future.result()
+
+
 def write_subject_steps(folder: str | os.PathLike, nodes: dict[str, Any], gradients: dict[str, Any] | None = None,
                         mask=None, targets: dict[str, Any] | None = None) -> Iterator[str]:
     """Write input nodes as a subject folder (``<role>.nii``, DWI shells with ``.bval``/``.bvec``, the mask,
@@ -394,7 +402,7 @@ def write_subject_steps(folder: str | os.PathLike, nodes: dict[str, Any], gradie
         raise MRHNetError("the input volumes are under different transforms; harden the transforms first")
     reference = header_subject(chosen, gradients).reference
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mrhnet-inputs")
-    writing: list[Any] = []  # (future, role) of the file being written
+    writing: list[tuple[Any, str]] = []  # (future, role) of the file being written: at most one
 
     def write(role: str, volume: Volume) -> Iterator[str]:
         yield from written()
@@ -403,12 +411,8 @@ def write_subject_steps(folder: str | os.PathLike, nodes: dict[str, Any], gradie
 
     def written() -> Iterator[str]:
         while writing:
-            future, role = writing[0]
-            if not future.done():
-                yield f"writing {role}"
-                continue
-            writing.pop(0)
-            future.result()  # a write error ends the job here
+            future, role = writing.pop()
+            yield from until_done(future, f"writing {role}")  # a write error ends the job here
 
     try:
         for role, node in chosen.items():

@@ -721,7 +721,7 @@ def loopback_middleware(port: int):
             url = URL(address if "://" in address else f"http://{address}")
         except ValueError:
             return False
-        return url.host in ("127.0.0.1", "localhost", "::1") and (not port or url.port == port)
+        return url.host in LOOPBACK and (not port or url.port == port)
 
     @web.middleware
     async def check_host(request, handler):

@@ -58,6 +58,11 @@ FRACTIONS = ("cells", "myelin", "axon")  # fractions whose grey-matter response 
 NOISE_LEVELS = {"none": 0.0, "SNR 80": 0.0125, "SNR 40 (phantom)": 0.025, "SNR 20": 0.05}
 
 
+def grey_matter(t: Tissue) -> np.ndarray:
+    """Grey matter as the diagnosis uses it: myelin below 15 % of its maximum, no free water."""
+    return (t.myelin / MYELIN_MAX < 0.15) & (t.water < 0.05)
+
+
 def linear_weights(t: Tissue, y: np.ndarray) -> dict[str, float]:
     """Least-squares weights of ``y`` / 255 on the tissue properties (each on its 0..1 scale), and the R^2."""
     x = np.column_stack([getattr(t, k) / scale for k, scale in PROPERTIES.items()] + [np.ones(len(y))])
@@ -80,7 +85,7 @@ def grey_response(ev: FastEvaluator, values: dict[str, float], model, step: floa
     torch = ev.torch
     p, gains = split(values)
     t = ev.sample
-    grey = (t.myelin / MYELIN_MAX < 0.15) & (t.water < 0.05)
+    grey = grey_matter(t)
     top = float(ev.signals(ev.bright, p, gains)[:, [0, 32, 64, 65, 66]].max()) * HEADROOM
     base = ev.signals(t, p, gains)
     x = torch.from_numpy((ev.noisy(base) / top).astype(np.float32))[:, :, None, None].expand(-1, -1, 3, 3)
@@ -92,7 +97,7 @@ def grey_response(ev: FastEvaluator, values: dict[str, float], model, step: floa
 
 
 def truth_response(t: Tissue, step: float = 0.02) -> dict[str, float]:
-    grey = (t.myelin / MYELIN_MAX < 0.15) & (t.water < 0.05)
+    grey = grey_matter(t)
     base = histology(t)["af"]
     return {k: round(float(np.median(((histology(with_more(t, k, step))["af"] - base) / step)[grey])), 1)
             for k in FRACTIONS}
@@ -134,7 +139,7 @@ def orientation_probes(ev: FastEvaluator, values: dict[str, float], nets: dict) 
     physics, _ = split(values)
     fa = fa_md(dwi_signal(t, b, g, physics)[:, None, None, :], Gradients(b, g))[0][:, 0, 0]
     myelin = t.myelin / MYELIN_MAX
-    grey, white = (myelin < 0.15) & (t.water < 0.05), myelin > 0.6
+    grey, white = grey_matter(t), myelin > 0.6
     score = lambda: {label: round(ev.score(values, m)[0], 3) for label, m in nets.items()}  # noqa: E731
     out: dict = {"fa_grey": round(float(np.median(fa[grey])), 3), "fa_white": round(float(np.median(fa[white])), 3)}
     direction, dispersion, shells = t.direction.copy(), t.dispersion.copy(), list(ev.shells)
@@ -172,7 +177,7 @@ def main(out_dir: Path) -> dict:
     t = ev.sample
     flat = t.subset(np.arange(len(t.index)))
     flat.lipofuscin[:] = t.lipofuscin.mean()
-    grey = (t.myelin / MYELIN_MAX < 0.15) & (t.water < 0.05)
+    grey = grey_matter(t)
     result: dict = {"brain": "C1", "voxels": len(t.index), "grey_matter_voxels": int(grey.sum()),
                     "truth": {"linear_weights": linear_weights(t, ev.truth), "grey_response": truth_response(t)},
                     "pigment_ceiling_r": round(float(np.corrcoef(histology(flat)["af"], ev.truth)[0, 1]), 3),
