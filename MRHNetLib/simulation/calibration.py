@@ -92,16 +92,16 @@ EXTENDED_RANGES: dict[str, tuple[float, float, str, str]] = {
 # Calibrated values (Resources/networks/original/calibrate.py; README table), each inside its
 # CALIBRATION_RANGES entry.
 CALIBRATED_PHYSICS: dict[str, float] = {
-    "r2_base": 0.0244,          # 1/ms (T2 41.0 ms); default 1/48
-    "r2_myelin": 0.0567,        # 1/ms per unit myelin; default 0.045
-    "r2_cells": 0.00145,        # 1/ms per unit cells; default 0.02
-    "k_exchange": 14.6,         # 1/s; default 8
-    "bound_per_myelin": 0.377,  # default 0.45
-    "mt_duty": 0.22,            # default 0.15
-    "d_extra": 0.000668,        # mm^2/s; default 0.0005
-    "d_cells": 0.000464,        # mm^2/s; default 0.0001
+    "r2_base": 0.0243,          # 1/ms (T2 41.2 ms); default 1/48
+    "r2_myelin": 0.0524,        # 1/ms per unit myelin; default 0.045
+    "r2_cells": 0.0182,         # 1/ms per unit cells; default 0.02
+    "k_exchange": 14.0,         # 1/s; default 8
+    "bound_per_myelin": 0.419,  # default 0.45
+    "mt_duty": 0.247,           # default 0.15
+    "d_extra": 0.000683,        # mm^2/s; default 0.0005
+    "d_cells": 0.000478,        # mm^2/s; default 0.0001
 }
-CALIBRATED_GAINS: dict[str, float] = {"mt": 0.805, "dwi": 0.524}  # relative to T2w (default 1, 1)
+CALIBRATED_GAINS: dict[str, float] = {"mt": 0.64, "dwi": 0.441}  # relative to T2w (default 1, 1)
 
 # Published contrasts of fixed mouse / rat brain at 7-14 T, room temperature: what the calibrated set must
 # still give (guard against fits that please a network but are not MRI). name: (low, high, source)
@@ -112,6 +112,9 @@ REFERENCE_CONTRASTS: dict[str, tuple[float, float, str]] = {
     "mtr_white": (0.3, 0.6, "Schmierer et al., Magn Reson Med 2008 (fixed tissue MTR about 0.3-0.6)"),
     "md_grey_um2_ms": (0.15, 0.45, "Shepherd et al., NeuroImage 2006 (0.24-0.32 um^2/ms at b 1250); "
                                     "D'Arceuil et al., NeuroImage 2007"),
+    "fa_grey": (0.1, 0.25, "Huang et al., J Neurosci 2008 (rodent cortical FA falls with maturation to about "
+                           "0.1-0.2); Jiang & Johnson, NeuroImage 2010 (fixed adult mouse DTI at 43 um: cortex "
+                           "far below white matter); fixation preserves anisotropy (Sun et al., Magn Reson Med 2003)"),
 }
 # Reported beside them by contrasts(), not required: cell-dense over cell-poor grey matter MD (0.318 / 0.238 =
 # 1.34 in the granule and molecular layers of fixed rat hippocampus, Shepherd et al., NeuroImage 2006).
@@ -156,7 +159,8 @@ def out_of_range(name: str = "calibrated") -> list[str]:
 def contrasts(tissue: Tissue, physics: ExVivo7T = PHYSICS, b: float = 2000.0) -> dict[str, float]:
     """Median MRI contrasts of grey and white matter under ``physics``, as :data:`REFERENCE_CONTRASTS` names
     them: tissue-water T2 (ms), image MTR (1 - MT-on / MT-off), mean diffusivity at ``b`` (um^2/ms, from three
-    orthogonal directions) and the MD of cell-dense over cell-poor grey matter (top / bottom quartile).
+    orthogonal directions), FA at ``b`` (DTI, dipy, ten directions, noise-free) and the MD of cell-dense over
+    cell-poor grey matter (top / bottom quartile).
 
     Grey matter: myelin below 15 % of its maximum and no free water; white matter: myelin above 60 %."""
     myelin = tissue.myelin / MYELIN_MAX
@@ -169,12 +173,27 @@ def contrasts(tissue: Tissue, physics: ExVivo7T = PHYSICS, b: float = 2000.0) ->
     mtr = 1.0 - on / np.maximum(off, 1e-12)
     s = dwi_signal(tissue, np.array([0.0, b, b, b]), np.vstack([np.zeros(3), np.eye(3)]), physics)
     md = -np.log(np.maximum(s[:, 1:], 1e-12) / np.maximum(s[:, :1], 1e-12)).mean(axis=1) / b * 1e3
+    fa_grey = dti_fa(tissue.subset(np.flatnonzero(grey)), physics, b)
     cells = tissue.cells[grey]
     rich, poor = cells >= np.percentile(cells, 75), cells <= np.percentile(cells, 25)
     med = lambda v, m: float(np.median(v[m]))  # noqa: E731
     return {"t2_grey_ms": med(t2, grey), "t2_white_ms": med(t2, white), "mtr_grey": med(mtr, grey),
-            "mtr_white": med(mtr, white), "md_grey_um2_ms": med(md, grey),
+            "mtr_white": med(mtr, white), "md_grey_um2_ms": med(md, grey), "fa_grey": float(np.median(fa_grey)),
             "md_cell_layer_over_neuropil": float(np.median(md[grey][rich]) / np.median(md[grey][poor]))}
+
+
+def dti_fa(tissue: Tissue, physics: ExVivo7T = PHYSICS, b: float = 2000.0) -> np.ndarray:
+    """Noise-free DTI FA (dipy) of every voxel of ``tissue`` at ``b``: b0 plus ten directions (the axes, face
+    and body diagonals), as :func:`contrasts` measures it."""
+    from ..data.io import Gradients
+    from ..data.maps import fa_md
+
+    dirs = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, 0, 1], [0, 1, 1],
+                     [1, 1, 1], [-1, 1, 1], [1, -1, 1], [1, 1, -1]], dtype=float)
+    bvecs = np.vstack([np.zeros(3), dirs / np.linalg.norm(dirs, axis=1, keepdims=True)])
+    bvals = np.r_[0.0, np.full(len(dirs), b)]
+    s = dwi_signal(tissue, bvals, bvecs, physics)
+    return fa_md(s[:, None, None, :], Gradients(bvals, bvecs))[0][:, 0, 0]
 
 
 def contrast_excess(values: dict[str, float]) -> dict[str, float]:

@@ -5,7 +5,7 @@ A simulated subject is built in three steps:
 1. **Anatomy -> tissue.** Tissue properties per voxel (:class:`~MRHNetLib.simulation.tissue.Tissue`) are derived
    from the real virtual-histology maps shipped in ``Resources/anatomy/`` (see its README): the brain's
    own neurofilament map (``C1`` or ``R2``) gives axon density and, through its structure tensor, the
-   fibre orientation and coherence; the autofluorescence map (R3) and the Nissl map give cell density,
+   fibre orientation (along tracts; in grey matter across the layers) and coherence; the autofluorescence map (R3) and the Nissl map give cell density,
    fluid spaces and how strongly axons are myelinated; smooth random fields, seeded by the brain's
    name, add the variation that no map determines (myelin per axon, dispersion, fixation, pigment).
    A name such as ``C1-d2`` applies a smooth random deformation (number 2) to brain C1's anatomy, so
@@ -51,6 +51,12 @@ DEFAULT_NOISE = 1.0 / DEFAULT_SNR  # Rician sigma relative to the median brain s
 SIGNAL_SCALE = 1000.0  # signal of free water at full recovery
 MASK_LEVEL = 20.0  # NF value (0..255) that separates brain from the halo of the anatomy maps
 DEFORM_MM = 0.12  # standard deviation (mm) of the random displacement of a deformed variant
+# Grey matter (myelin below GREY_MYELIN of its maximum): neurites run radially (across the cortical layers),
+# as fixed-cortex DTI shows, and their alignment (1 - dispersion) is GREY_ALIGNMENT times what the same
+# coherence and axon density give in white matter: fixed grey matter FA about 0.1-0.15
+# (calibration.REFERENCE_CONTRASTS["fa_grey"]).
+GREY_MYELIN = 0.3
+GREY_ALIGNMENT = 0.6
 _BRAIN_RE = re.compile(r"^(C1|R2)(?:-d([0-9]+))?$")
 
 
@@ -195,17 +201,14 @@ def source_mask(nf: np.ndarray) -> np.ndarray:
     return ndimage.binary_fill_holes(mask)
 
 
-def structure_orientation(image: np.ndarray, spacing: np.ndarray, index: np.ndarray,
-                          sigma_d_mm: float = 0.08, sigma_i_mm: float = 0.2,
-                          along: str = "ridge") -> tuple[np.ndarray, np.ndarray]:
-    """Fibre direction and coherence at the flat voxel ``index`` from the structure tensor of ``image``.
+def structure_axes(image: np.ndarray, spacing: np.ndarray, index: np.ndarray, sigma_d_mm: float = 0.08,
+                   sigma_i_mm: float = 0.2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ridge, across, coherence) of ``image``'s structure tensor at the flat voxel ``index``.
 
-    Tracts are bright ridges of the neurofilament map, so their axis is the direction of least intensity
-    change: the eigenvector of the smallest eigenvalue (voxel-axis frame, physical units). ``along=
-    "gradient"`` gives the direction of most change instead (across cortical layers: radial). Coherence
-    (l_max - l_min) / (l_max + l_min) is 0 where the neighbourhood is isotropic and near 1 in tracts."""
-    if along not in ("ridge", "gradient"):
-        raise MRHNetError(f"unknown orientation '{along}' (use ridge or gradient)")
+    ``ridge`` is the direction of least intensity change (a bright tract's axis), ``across`` the direction of
+    most change (across cortical layers: radial), both (N, 3) unit vectors in the voxel-axis frame (physical
+    units). Coherence (l_max - l_min) / (l_max + l_min) is 0 where the neighbourhood is isotropic and near 1
+    in tracts and layers."""
     spacing = np.asarray(spacing, dtype=float)
     sd = np.maximum(sigma_d_mm / spacing, 0.7)
     si = np.maximum(sigma_i_mm / spacing, 1.0)
@@ -224,18 +227,32 @@ def structure_orientation(image: np.ndarray, spacing: np.ndarray, index: np.ndar
     evals, evecs = np.linalg.eigh(tensor)
     lo, hi = evals[:, 0], evals[:, 2]
     coherence = np.clip((hi - lo) / np.maximum(hi + lo, 1e-12), 0, 1)
-    return evecs[:, :, 0 if along == "ridge" else 2].astype(np.float32), coherence.astype(np.float32)
+    return evecs[:, :, 0].astype(np.float32), evecs[:, :, 2].astype(np.float32), coherence.astype(np.float32)
+
+
+def structure_orientation(image: np.ndarray, spacing: np.ndarray, index: np.ndarray,
+                          sigma_d_mm: float = 0.08, sigma_i_mm: float = 0.2,
+                          along: str = "ridge") -> tuple[np.ndarray, np.ndarray]:
+    """(direction, coherence) of :func:`structure_axes`: ``along="ridge"`` the direction of least intensity
+    change (a tract's axis), ``"gradient"`` the direction of most change (across cortical layers)."""
+    if along not in ("ridge", "gradient"):
+        raise MRHNetError(f"unknown orientation '{along}' (use ridge or gradient)")
+    ridge, across, coherence = structure_axes(image, spacing, index, sigma_d_mm, sigma_i_mm)
+    return (ridge if along == "ridge" else across), coherence
 
 
 def _tissue_from_maps(shape: tuple[int, int, int], spacing: np.ndarray, affine: np.ndarray, partial: np.ndarray,
                       nf: np.ndarray, af: np.ndarray, nissl: np.ndarray, direction: np.ndarray,
-                      coherence: np.ndarray, index: np.ndarray, key: str) -> Tissue:
+                      coherence: np.ndarray, index: np.ndarray, key: str, across: np.ndarray | None = None) -> Tissue:
     """Tissue properties from neurofilament, autofluorescence and Nissl maps (0..1, at ``index``).
 
     * free water: where both NF and AF are dark (ventricles, surface fluid);
     * axons: rising with NF; myelin: axons times a myelination ratio, higher in large tracts (smoothed
       axon density), where AF is dark, and varied by a random field; cell bodies: the Nissl map;
-    * dispersion: low where the structure tensor is coherent *and* axons are dense;
+    * fibre direction: ``direction`` (the NF map's ridges: tract axes), or in grey matter ``across`` (the
+      direction across the NF map's layers: radial in cortex) where given;
+    * dispersion: low where the structure tensor is coherent *and* axons are dense, higher in grey matter
+      (alignment times ``GREY_ALIGNMENT``);
     * r2_extra and lipofuscin: random fields no other property explains."""
     rng = _rng("tissue", key)
     fields = [smooth_field(shape, spacing, length, rng).reshape(-1)[index]
@@ -255,6 +272,10 @@ def _tissue_from_maps(shape: tuple[int, int, int], spacing: np.ndarray, affine: 
     myelin = MYELIN_MAX * a_rel ** 1.3 * ratio * (1 - water)
     cells = CELLS_MAX * np.clip(nissl * (1 + 0.12 * fields[1]), 0, 1) * (1 - water)
     dispersion = np.clip(1 - coherence * (0.45 + 0.55 * _smoothstep(a_rel / 0.6)) + 0.15 * fields[2], 0.03, 1.0)
+    grey = myelin / MYELIN_MAX < GREY_MYELIN
+    dispersion = np.where(grey, 1 - GREY_ALIGNMENT * (1 - dispersion), dispersion)
+    if across is not None:
+        direction = np.where(grey[:, None], across, direction)
     world = (direction @ rotation_of(affine).T.astype(np.float32))
     world /= np.maximum(np.linalg.norm(world, axis=1, keepdims=True), 1e-6)
     f32 = lambda x: np.asarray(x, dtype=np.float32)  # noqa: E731
@@ -296,11 +317,11 @@ def anatomy_tissue(brain: str, shape: tuple[int, int, int], progress=None, hidde
     nissl /= max(float(np.percentile(nissl[brain_mask > 0.5], 99)), 1e-3)
     nf = np.clip(nf, 0, 1).astype(np.float32)
     index = np.flatnonzero(support)
-    direction, coherence = structure_orientation(nf, spacing, index)
+    direction, across, coherence = structure_axes(nf, spacing, index)
     progress.update(0.9, "fibre orientation")
     flat = lambda x: np.clip(x.reshape(-1)[index], 0, 1)  # noqa: E731
     tissue = _tissue_from_maps(shape, spacing, affine, flat(pv), flat(nf), flat(af), flat(nissl), direction,
-                               coherence, index, _hidden_key(brain, hidden))
+                               coherence, index, _hidden_key(brain, hidden), across)
     progress.update(1.0, "tissue")
     return tissue, affine
 

@@ -227,3 +227,32 @@ def test_structure_orientation_along_ridges_or_across_layers():
     assert abs(across[2]) > 0.99 and abs(along_tract[0]) > 0.99, (across, along_tract)
     with pytest.raises(MRHNetError, match="unknown orientation"):
         structure_orientation(layers, spacing, centre, along="radial")
+
+
+def test_grey_matter_fibres_run_across_the_layers_and_are_more_dispersed(monkeypatch):
+    """Grey matter (little myelin) takes its fibre direction from across the NF map's layers (radial in
+    cortex) and is less aligned than white matter at the same structure coherence; white matter keeps the
+    tract axis."""
+    from MRHNetLib.simulation.phantom import GREY_ALIGNMENT, GREY_MYELIN, _tissue_from_maps
+    from MRHNetLib.simulation.tissue import MYELIN_MAX
+
+    shape, n = (8, 8, 8), 512
+    index = np.arange(n)
+    first = index < n // 2  # first half grey matter, second half a dark-AF tract
+    nf, af = (np.where(first, a, b).astype(np.float32) for a, b in ((0.2, 0.95), (0.5, 0.2)))
+    ones = np.ones(n, np.float32)
+    ridge = np.tile(np.float32([1, 0, 0]), (n, 1))
+    across = np.tile(np.float32([0, 0, 1]), (n, 1))
+    args = (shape, np.full(3, 0.1), np.eye(4), ones, nf, af, 0.5 * ones, ridge, 0.8 * ones, index, "t")
+    t = _tissue_from_maps(*args, across=across)
+    grey = t.myelin / MYELIN_MAX < GREY_MYELIN
+    assert grey[first].all() and grey[~first].mean() < 0.2
+    assert np.allclose(np.abs(t.direction[grey]), [0, 0, 1]) and np.allclose(np.abs(t.direction[~grey]), [1, 0, 0])
+    without = _tissue_from_maps(*args)  # no across directions: every voxel keeps the ridge
+    assert np.allclose(np.abs(without.direction), [1, 0, 0])
+    # the same coherence aligns grey matter GREY_ALIGNMENT times as much as white matter's rule would
+    monkeypatch.setattr("MRHNetLib.simulation.phantom.GREY_ALIGNMENT", 1.0)
+    plain = _tissue_from_maps(*args, across=across)
+    assert GREY_ALIGNMENT < 1
+    assert np.allclose(1 - t.dispersion[grey], GREY_ALIGNMENT * (1 - plain.dispersion[grey]), atol=1e-6)
+    assert np.array_equal(t.dispersion[~grey], plain.dispersion[~grey])

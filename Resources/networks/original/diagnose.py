@@ -17,11 +17,12 @@ protocol, the search's centre-voxel evaluation), for the default and the calibra
    MRI-based predictor could reach if the pigment were all it misses), and r of a gradient-boosting fit of
    the truth to the noise-free inputs (five folds split into left-right slabs): what the simulated MRI
    carries about the truth.
-5. **Fibre orientation.** DTI FA of grey and white matter (dipy, b ~1900 shell, noise-free); r with every
-   voxel's fibres made isotropic; with grey-matter fibres (myelin below 15 % or 30 % of its maximum) along
-   the NF map's direction of most change (radial in cortex) instead of least; and with the protocol's
-   gradient directions under each of the 24 axis permutations and single-axis flips (the best, and the
-   shipped one). Calibrated set only.
+5. **Fibre orientation.** DTI FA of grey and white matter (dipy, b 2000, noise-free); r with every voxel's
+   fibres made isotropic; with grey-matter fibres (myelin below ``GREY_MYELIN`` of its maximum) as the
+   phantom had them before this version (along the NF map's ridges, that is along the cortical layers, and
+   aligned as in white matter) instead of radial and more dispersed; and with the protocol's gradient
+   directions under each of the 24 axis permutations and single-axis flips (the best, and the shipped one).
+   Calibrated set only.
 6. **Real maps.** The voxel correlation of the shipped real virtual-AF and virtual-Nissl maps (the
    phantom's anatomy sources: outputs of the original networks on two real brains, on one grid) where both
    are valid (AF above 0, Nissl above 10, as the phantom reads them).
@@ -131,13 +132,12 @@ def real_maps_r() -> float:
 
 def orientation_probes(ev: FastEvaluator, values: dict[str, float], nets: dict) -> dict:
     """Item 5 of the module docstring (restores the evaluator's directions, dispersion and shells)."""
-    from MRHNetLib.data.io import Gradients, rotation_of
-    from MRHNetLib.data.maps import fa_md
-    from MRHNetLib.simulation.phantom import structure_orientation
+    from MRHNetLib.data.io import rotation_of
+    from MRHNetLib.simulation.phantom import GREY_ALIGNMENT, GREY_MYELIN, structure_orientation
 
-    t, (b, g) = ev.sample, ev.shells[0]
+    t = ev.sample
     physics, _ = split(values)
-    fa = fa_md(dwi_signal(t, b, g, physics)[:, None, None, :], Gradients(b, g))[0][:, 0, 0]
+    fa = calibration.dti_fa(t, physics)
     myelin = t.myelin / MYELIN_MAX
     grey, white = grey_matter(t), myelin > 0.6
     score = lambda: {label: round(ev.score(values, m)[0], 3) for label, m in nets.items()}  # noqa: E731
@@ -146,15 +146,16 @@ def orientation_probes(ev: FastEvaluator, values: dict[str, float], nets: dict) 
     try:
         t.dispersion[:] = 1.0
         out["isotropic_fibres"] = score()
-        t.dispersion[:] = dispersion
         full, affine = full_tissue("C1")
-        radial = structure_orientation(full.to_volume(full.axon / AXON_MAX), np.sqrt((affine[:3, :3] ** 2).sum(0)),
-                                       t.index, along="gradient")[0] @ rotation_of(affine).T.astype(np.float32)
-        radial /= np.maximum(np.linalg.norm(radial, axis=1, keepdims=True), 1e-6)
-        for level in (0.15, 0.3):
-            t.direction[:] = np.where((myelin < level)[:, None], radial, direction)
-            out[f"radial_grey_below_{level:g}"] = score()
-        t.direction[:] = direction
+        ridge = structure_orientation(full.to_volume(full.axon / AXON_MAX), np.sqrt((affine[:3, :3] ** 2).sum(0)),
+                                      t.index)[0] @ rotation_of(affine).T.astype(np.float32)
+        ridge /= np.maximum(np.linalg.norm(ridge, axis=1, keepdims=True), 1e-6)
+        old = (myelin < GREY_MYELIN)[:, None]
+        t.direction[:] = np.where(old, ridge, direction)
+        t.dispersion[:] = np.where(old[:, 0], 1 - (1 - dispersion) / GREY_ALIGNMENT, dispersion)
+        out["grey_along_ridges_as_before"] = {**score(), "fa_grey": round(float(np.median(
+            calibration.dti_fa(t, physics)[grey])), 3)}
+        t.direction[:], t.dispersion[:] = direction, dispersion
         scan = []
         for perm in itertools.permutations(range(3)):
             for flip in ((1, 1, 1), (-1, 1, 1), (1, -1, 1), (1, 1, -1)):
