@@ -1,5 +1,4 @@
-"""MRHNet in 3D Slicer: widgets over the engine MRHNetLib, whose GUI controller (``MRHNetLib.gui.controller``)
-runs every job in a child process (``PythonSlicer -m MRHNetLib job``); see the README for the console API."""
+"""MRHNet in 3D Slicer: widgets over the engine MRHNetLib, whose controller runs every job in a child process."""
 import os
 import sys
 from typing import Annotated, Optional, Union
@@ -9,8 +8,7 @@ import slicer
 import vtk
 from slicer import (vtkMRMLDiffusionWeightedVolumeNode, vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode,
                     vtkMRMLSegmentationNode, vtkMRMLSequenceNode, vtkMRMLVectorVolumeNode)
-from slicer.i18n import tr as _
-from slicer.i18n import translate
+from slicer.i18n import tr as _, translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
@@ -30,7 +28,6 @@ from MRHNetLib.gui import panel  # noqa: E402 (framework-free, imports no torch)
 from MRHNetLib.network.config import gui_defaults, option_help  # noqa: E402
 
 README_URL = "https://github.com/SlicerMRHNet/SlicerMRHNet#readme"
-SHIPPED = panel.SHIPPED
 SAMPLE_NAME = "MRHNet phantom brain"
 SAMPLE_FILE_TYPE = "MRHNetSampleBrain"
 TRAIN = gui_defaults("train")
@@ -86,12 +83,14 @@ class MRHNetFileReader:
         return filePath.endswith(".mrhsample")
 
     def load(self, properties):
-        with slicer.util.tryWithErrorDisplay(_("Could not create the MRHNet phantom brain."), waitCursor=True):
-            nodes = MRHNetLogic().loadPhantom(**panel.sample_options(properties["fileName"]),
-                                              name=properties.get("name", SAMPLE_NAME))
-            self.parent.loadedNodes = [n.GetID() for n in nodes.values()]
-            return True
-        return False
+        try:  # tryWithErrorDisplay shows the error and raises it again: False tells Slicer that nothing loaded
+            with slicer.util.tryWithErrorDisplay(_("Could not create the MRHNet phantom brain."), waitCursor=True):
+                nodes = MRHNetLogic().loadPhantom(**panel.sample_options(properties["fileName"]),
+                                                  name=properties.get("name", SAMPLE_NAME))
+        except Exception:  # noqa: BLE001 - shown above
+            return False
+        self.parent.loadedNodes = [n.GetID() for n in nodes.values()]
+        return True
 
 
 @parameterNodeWrapper
@@ -159,13 +158,14 @@ class MRHNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def enter(self) -> None:
         self.initializeParameterNode()
 
-    def onSceneStartClose(self, caller, event) -> None:
-        if self.logic.controller.cancel():
+    def onSceneStartClose(self, caller, event) -> None:  # a training run goes on (its plot comes back)
+        if self.logic.controller.scene_closing():
             self.ui.statusLabel.text = _("cancelled: the scene was closed")
         if self._guiTag is not None:  # Slicer 5.8 gives no tag to unbind with: the same node comes back at EndClose
             self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
+        self.logic.controller.scene_closed()
         if self.parent.isEntered:
             self.initializeParameterNode()
 
@@ -345,7 +345,7 @@ class MRHNetLogic(ScriptedLoadableModuleLogic):
         slicer.util.resetSliceViews()
         return nodes
 
-    def run(self, models=SHIPPED, device: str = "auto", mask=None, gradients: Optional[dict] = None, **nodes) -> dict:
+    def run(self, models=panel.SHIPPED, device="auto", mask=None, gradients: Optional[dict] = None, **nodes) -> dict:
         """Run the models on input nodes by role (``t2w=``, ``mt_on=``, ..., ``dwi_b5000=``, ``fa=``); returns
         {target: output volume node}."""
         self.ensureDependencies()
@@ -382,17 +382,17 @@ class MRHNetTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Simulating the sample brain in a child process")
         nodes = logic.loadPhantom(size="small")
         inputs = {k: nodes[k] for k in ("t2w", "mt_on", "mt_off", "dwi_b2000", "dwi_b5000")}
-        outputs = logic.run(models=SHIPPED, device="cpu", **inputs)
-        self.assertEqual(set(outputs), set(SHIPPED))
+        outputs = logic.run(models=panel.SHIPPED, device="cpu", **inputs)
+        self.assertEqual(set(outputs), set(panel.SHIPPED))
         for key, node in outputs.items():
             self.assertEqual(node.GetName(), f"{nodes['t2w'].GetName()} MRH-{key.upper()}")
             self.assertTrue((abs(sc.node_affine(node) - sc.node_affine(nodes["t2w"])) < 1e-6).all())
         count = slicer.mrmlScene.GetNumberOfNodes()
-        self.assertIs(logic.run(models=SHIPPED[:1], device="cpu", **inputs)[SHIPPED[0]], outputs[SHIPPED[0]])
+        self.assertIs(logic.run(models=["af"], device="cpu", **inputs)["af"], outputs["af"])  # the same node again
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), count)
         self.delayDisplay("Cancel leaves the scene unchanged")
         before = sc.scene_signature(slicer.mrmlScene)
-        logic.controller.predict(panel.Inputs(inputs), list(SHIPPED), device="cpu")
+        logic.controller.predict(panel.Inputs(inputs), list(panel.SHIPPED), device="cpu")
         logic.controller.poll()
         self.assertTrue(logic.controller.cancel() and not logic.controller.busy)
         self.assertEqual(sc.scene_signature(slicer.mrmlScene), before)

@@ -223,12 +223,13 @@ class Controller:
 
         out = Path(out)
         check_model_path(out)  # NAME.mrhnet, and never a folder holding anything but an earlier model
+        name = inputs.source_node().GetName()  # refuses missing inputs before a job folder exists
         work = self._workdir()
         prepare = sc.write_subject_steps(work / "subject", inputs.chosen(), inputs.gradients, inputs.mask,
                                          targets={stain: target})
         spec = {"kind": "train", "subject": str(work / "subject"), "target": stain, "out": str(out),
                 "base_model": str(base_model) if base_model else None, "options": dict(options or {}),
-                "run_dir": str(work / "run"), "name": inputs.source_node().GetName()}
+                "run_dir": str(work / "run"), "name": name}
         self.plot = sc.LossPlot(self.scene)
 
         def publish(outputs: dict[str, Any]) -> Iterator[str]:
@@ -296,6 +297,20 @@ class Controller:
             task.job.cancel()
         self._end(Event("cancelled", 0.0, "cancelled"))
         return True
+
+    def scene_closing(self) -> bool:
+        """The scene is about to be cleared: cancel the job if it needs the scene (a prediction, the sample
+        brain, training still copying its inputs). A training run in its child goes on; :meth:`scene_closed`
+        brings its loss plot back. True when a job was cancelled."""
+        task = self.task
+        if task is None or (task.kind == "train" and task.stage != "prepare"):
+            return False
+        return self.cancel()
+
+    def scene_closed(self) -> None:
+        """The scene was cleared: a running training's loss plot goes back into it, with the epochs so far."""
+        if self.task is not None and self.task.kind == "train" and self.plot is not None:
+            self.plot = sc.LossPlot(self.scene, rows=self.plot.rows)
 
     def wait(self, timeout: float | None = None, on_event: Callable[[Event], Any] | None = None,
              interval: float = 0.02, tick: Callable[[], Any] | None = None) -> Any:

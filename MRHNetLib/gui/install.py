@@ -210,6 +210,20 @@ def selftest_skip_reason() -> Optional[str]:
     return "engine tests skipped: " + ", ".join(missing) + " not installed (Extensions Index build)"
 
 
+def _install_extension(manager, name: str) -> bool:
+    """Install extension ``name`` from the Extensions server without Slicer's own questions (install now?
+    restart now?): the user has answered MRHNet's, and a No to Slicer's would read as a failed download.
+    The manager's interactive mode is restored afterwards; the restart is offered by the caller."""
+    if manager.isExtensionInstalled(name):
+        return True
+    interactive = manager.interactive
+    manager.interactive = False
+    try:
+        return bool(manager.installExtensionFromServer(name, False))
+    finally:
+        manager.interactive = interactive
+
+
 def install_requirements(requirements: Optional[os.PathLike] = None, ask: bool = True,
                          torch_requirement: str = TORCH_REQUIREMENT) -> InstallResult:
     """Inside Slicer: install what is missing, after one confirmation (``ask=False``: none, e.g. in a
@@ -258,9 +272,7 @@ def install_requirements(requirements: Optional[os.PathLike] = None, ask: bool =
             raise InstallError(f"still missing after pip install: {', '.join(still)}")
     if needs_torch:
         if not have_extension:
-            manager = slicer.app.extensionsManagerModel()
-            # restart=False: Slicer would otherwise ask twice more (install? restart?); the one question is below
-            if not manager.isExtensionInstalled("PyTorch") and not manager.installExtensionFromServer("PyTorch", False):
+            if not _install_extension(slicer.app.extensionsManagerModel(), "PyTorch"):
                 raise InstallError("the PyTorch extension could not be installed from the Extensions server: "
                                    "install it in the Extensions Manager, restart Slicer and try again")
             if slicer.util.confirmYesNoDisplay("The PyTorch extension is installed. Slicer must restart before "

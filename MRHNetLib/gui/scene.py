@@ -374,10 +374,20 @@ def header_subject(nodes: dict[str, Any], gradients: dict[str, Any] | None = Non
     return subject.check_grid()
 
 
-def until_done(future, step: Any) -> Iterator[Any]:
+WORKER_SLICE_S = 0.02  # how long each GUI tick waits for a worker thread (giving it the GIL)
+
+
+def until_done(future, step: Any, wait_s: float = WORKER_SLICE_S) -> Iterator[Any]:
     """Yield ``step`` (one per GUI tick) until the worker's ``future`` is done, then return its result (or
-    raise its error): GUI steps wait for file I/O on a worker thread without blocking a tick."""
+    raise its error): GUI steps wait for file I/O on a worker thread without blocking a tick for long.
+
+    Each step first waits up to ``wait_s`` for the worker. Inside Slicer the GUI thread keeps the GIL while
+    Qt is idle (PythonQt), so a worker thread runs almost only while a tick waits for it."""
+    from concurrent.futures import wait
+
     while not future.done():
+        if wait([future], timeout=wait_s).done:
+            break
         yield step
     return future.result()
 
@@ -611,9 +621,11 @@ def _nodes(scene, class_name: str) -> Iterable[Any]:
 class LossPlot:
     """A live loss curve: one table node (epoch + one column per curve), plot series and a chart node.
 
-    ``LossPlot(scene)`` reuses the scene's MRHNet loss plot if there is one (its rows are cleared)."""
+    ``LossPlot(scene)`` reuses the scene's MRHNet loss plot if there is one (its rows are replaced by
+    ``rows``: none, or the rows of a plot whose scene was cleared)."""
 
-    def __init__(self, scene, name: str = "MRHNet training loss", curves: tuple[str, ...] = ("train", "validation")):
+    def __init__(self, scene, name: str = "MRHNet training loss", curves: tuple[str, ...] = ("train", "validation"),
+                 rows: Iterable[tuple[float, ...]] = ()):
         self.scene, self.curves = scene, curves
         self.table = next((n for n in _nodes(scene, "vtkMRMLTableNode") if n.GetAttribute(PLOT_ATTRIBUTE)), None)
         if self.table is None:
@@ -626,7 +638,7 @@ class LossPlot:
             self.chart.SetTitle(name)
             self.chart.SetXAxisTitle("epoch")
             self.chart.SetYAxisTitle("loss (MSE)")
-        self.rows: list[tuple[float, ...]] = []
+        self.rows: list[tuple[float, ...]] = [tuple(r) for r in rows]
         self._write()
         self.series = {}
         colours = {"train": (0.1, 0.4, 0.9), "validation": (0.9, 0.4, 0.1)}

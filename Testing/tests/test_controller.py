@@ -447,3 +447,39 @@ def test_folder_prediction_with_its_evaluation_from_the_child(scene, phantom, ti
     controller.predict(Inputs(folder=str(folder), source=t2w), [tiny_models["af"]], device="cpu")
     controller.wait(timeout=120)
     assert controller.evaluation is None  # only when asked for
+
+
+def test_closing_the_scene_keeps_a_training_run_and_brings_its_plot_back(scene, phantom, tiny_models, tmp_path):
+    """File > Close Scene (or a self-test's ``mrmlScene.Clear()``) cancels what needs the scene (a prediction)
+    but not a training run whose inputs are already written: it goes on, its loss plot returns to the new
+    scene with the epochs so far, and the model is saved. A training request without inputs is refused
+    before any job folder exists."""
+    from MRHNetLib.network.modelfile import read_info
+
+    work = tmp_path / "work"
+    work.mkdir()
+    nodes, inputs = _nodes(scene, phantom)
+    controller = Controller(scene, workroot=work)
+    with pytest.raises(MRHNetError, match="no input volumes"):
+        controller.train(Inputs({}), nodes["af"], "af", tmp_path / "none.mrhnet")
+    assert list(work.iterdir()) == []
+    controller.predict(inputs, [tiny_models["af"]], device="cpu")
+    controller.poll()
+    assert controller.scene_closing() and controller.task is None  # a prediction needs the scene
+    options = dict(depth=0, width=8, epochs=4, batch_size=64, val_samples=10, lr=0.01, device="cpu")
+    controller.train(inputs, nodes["af"], "af", tmp_path / "af.mrhnet", options=options)
+    events = []
+    while controller.task is not None and controller.task.stage == "prepare":  # still copying the inputs
+        events += controller.poll()
+    while controller.task is not None and not any(e.kind == "data" for e in events):  # first epoch logged
+        events += controller.poll()
+        time.sleep(0.02)
+    assert not controller.scene_closing()  # the run in the child goes on
+    scene.Clear(0)
+    assert scene.GetNumberOfNodesByClass("vtkMRMLPlotChartNode") == 0
+    controller.scene_closed()
+    assert scene.GetNumberOfNodesByClass("vtkMRMLPlotChartNode") == 1
+    assert len(controller.plot.values("epoch")) >= 1  # the epochs before the close are back
+    controller.wait(timeout=180, on_event=events.append)
+    assert read_info(events[-1].payload).target == "af"
+    np.testing.assert_allclose(controller.plot.values("epoch"), [1, 2, 3, 4])

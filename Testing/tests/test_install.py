@@ -92,11 +92,14 @@ class FakeSlicer:
         fake = self
 
         class Manager:
+            interactive = True  # Slicer asks "install now?" itself unless this is off
+
             def isExtensionInstalled(self, name):
                 return False
 
             def installExtensionFromServer(self, name, restart=True):
-                assert restart is False  # Slicer's own install and restart questions would follow ours
+                # Slicer's own install and restart questions would follow ours
+                assert restart is False and self.interactive is False
                 fake.extensions.append(name)
                 return fake.extension_installs
 
@@ -111,7 +114,8 @@ class FakeSlicer:
         def restart():
             fake.restarted = True
 
-        self.app = types.SimpleNamespace(extensionsManagerModel=lambda: Manager())
+        self.manager = Manager()
+        self.app = types.SimpleNamespace(extensionsManagerModel=lambda: self.manager)
         self.util = types.SimpleNamespace(confirmOkCancelDisplay=confirm, confirmYesNoDisplay=confirm,
                                           pip_install=pip_install, restart=restart)
 
@@ -186,7 +190,7 @@ def test_install_requirements_offers_the_pytorch_extension(fake_slicer, monkeypa
     with pytest.raises(install.RestartRequired, match="restart Slicer"):
         install.install_requirements(req)
     assert "the PyTorch extension" in fake.prompts[0] and len(fake.pip_calls) == 1  # packages installed first
-    assert fake.extensions == ["PyTorch"] and fake.restarted
+    assert fake.extensions == ["PyTorch"] and fake.restarted and fake.manager.interactive is True  # restored
     assert len(fake.prompts) == 2 and "Restart" in fake.prompts[1]
 
 

@@ -281,3 +281,51 @@ def test_overlay_figure_colours_the_brain_only(phantom, tmp_path):
     assert (spread > 60).sum() > 200  # coloured (overlay) pixels exist
     greyish = spread < 8
     assert greyish.sum() > 0.5 * greyish.size  # background, border and outside the brain stay grey/white
+
+
+def test_gui_steps_give_a_worker_thread_the_gil_while_it_works():
+    """Inside Slicer the GUI thread keeps the GIL between timer ticks (PythonQt), so a worker thread (the
+    input writer, the subject reader) runs only while a tick lets it. Simulated here: between steps the
+    caller sleeps 20 ms *holding the GIL* (a libc sleep called through ctypes.PyDLL). A pure-Python task of
+    about 0.2 s must finish within a dozen or so ticks; without the waits it takes about four times as many."""
+    import ctypes
+    import sys
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    try:
+        hold_gil_sleep = ctypes.PyDLL(None).usleep  # PyDLL: the GIL is not released during the call
+    except (AttributeError, OSError):
+        pytest.skip("no usleep in this process (not a POSIX libc)")
+
+    def work(n: int) -> int:
+        total = 0
+        for i in range(n):
+            total += i % 7
+        return total
+
+    n = 1
+    while True:  # size the task to about 0.2 s on this machine
+        start = time.perf_counter()
+        work(n)
+        if time.perf_counter() - start > 0.05:
+            break
+        n *= 2
+    n *= 4
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(0.001)  # a worker that asks for the GIL gets it for 1 ms slices between ticks
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        steps = sc.until_done(pool.submit(work, n), "working")
+        ticks = 0
+        try:
+            while ticks < 400:
+                next(steps)
+                ticks += 1
+                hold_gil_sleep(20_000)  # the GUI thread idles in Qt, keeping the GIL
+        except StopIteration as stop:
+            assert stop.value == work(n)
+        else:
+            pytest.fail("the worker starved: not done after 400 ticks")
+        finally:
+            sys.setswitchinterval(switch)
+    assert ticks < 25, ticks  # about 13 here; without the waits about 50
