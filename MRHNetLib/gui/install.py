@@ -228,8 +228,8 @@ def install_requirements(requirements: Optional[os.PathLike] = None, ask: bool =
                          torch_requirement: str = TORCH_REQUIREMENT) -> InstallResult:
     """Inside Slicer: install what is missing, after one confirmation (``ask=False``: none, e.g. in a
     self-test that the user started). The module's packages go through ``slicer.util.pip_install`` with a
-    constraints file pinning everything installed; torch through the PyTorch extension (its own dialog
-    picks the build). Without the PyTorch extension, it is installed from the Extensions server, a
+    constraints file pinning everything installed; torch through the PyTorch extension (light-the-torch
+    picks the build; no second question). Without the PyTorch extension, it is installed from the Extensions server, a
     restart is offered and :class:`RestartRequired` raised (the packages are installed by then). Raises
     :class:`InstallError` when the user declines or something fails. ``restart_required`` in the result:
     an imported torch was replaced (the engine runs in a child process, which gets the new one)."""
@@ -294,8 +294,8 @@ def install_requirements(requirements: Optional[os.PathLike] = None, ask: bool =
                                      free=TORCH_INSTALL_FREE)
             os.environ["PIP_CONSTRAINT"] = str(pins)
             try:
-                torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
-                    askConfirmation=ask, torchVersionRequirement=torch_spec[len("torch"):])
+                torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(  # the user answered our one question
+                    askConfirmation=False, torchVersionRequirement=torch_spec[len("torch"):])
             except Exception as exc:  # pip's CalledProcessError and the like; the log holds pip's output
                 raise InstallError(f"PyTorch ({torch_spec}) could not be installed ({exc}); see the Python console "
                                    "for pip's message, or install it with the PyTorch Utils module") from None

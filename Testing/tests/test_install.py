@@ -178,7 +178,7 @@ def test_install_requirements_one_prompt_constraints_and_torch_from_the_extensio
               if "==" in line}
     assert pinned["numpy"] == metadata.version("numpy") and pinned["scipy"] == metadata.version("scipy")
     assert not any(c[0] == "torch" for c in (a for a in fake.pip_calls))  # torch never through pip
-    assert calls == [(True, ">=2.1")] and "PIP_CONSTRAINT" not in os.environ
+    assert calls == [(False, ">=2.1")] and "PIP_CONSTRAINT" not in os.environ  # no second question
     assert result.installed == ["mrhnet-fake-dep>=1.0", "torch>=2.1"] and result.restart_required == torch_imported
     fake.prompts.clear()
     assert install.install_requirements(req).installed == [] and fake.prompts == []  # nothing left to do
