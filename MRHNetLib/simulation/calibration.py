@@ -92,16 +92,16 @@ EXTENDED_RANGES: dict[str, tuple[float, float, str, str]] = {
 # Calibrated values (Resources/networks/original/calibrate.py; README table), each inside its
 # CALIBRATION_RANGES entry.
 CALIBRATED_PHYSICS: dict[str, float] = {
-    "r2_base": 0.0243,          # 1/ms (T2 41.2 ms); default 1/48
-    "r2_myelin": 0.0524,        # 1/ms per unit myelin; default 0.045
-    "r2_cells": 0.0182,         # 1/ms per unit cells; default 0.02
+    "r2_base": 0.0261,          # 1/ms (T2 38.3 ms); default 1/48
+    "r2_myelin": 0.0527,        # 1/ms per unit myelin; default 0.045
+    "r2_cells": 0.00837,        # 1/ms per unit cells; default 0.02
     "k_exchange": 14.0,         # 1/s; default 8
-    "bound_per_myelin": 0.419,  # default 0.45
-    "mt_duty": 0.247,           # default 0.15
-    "d_extra": 0.000683,        # mm^2/s; default 0.0005
-    "d_cells": 0.000478,        # mm^2/s; default 0.0001
+    "bound_per_myelin": 0.377,  # default 0.45
+    "mt_duty": 0.274,           # default 0.15
+    "d_extra": 0.000656,        # mm^2/s; default 0.0005
+    "d_cells": 0.000491,        # mm^2/s; default 0.0001
 }
-CALIBRATED_GAINS: dict[str, float] = {"mt": 0.64, "dwi": 0.441}  # relative to T2w (default 1, 1)
+CALIBRATED_GAINS: dict[str, float] = {"mt": 0.635, "dwi": 0.443}  # relative to T2w (default 1, 1)
 
 # Published contrasts of fixed mouse / rat brain at 7-14 T, room temperature: what the calibrated set must
 # still give (guard against fits that please a network but are not MRI). name: (low, high, source)

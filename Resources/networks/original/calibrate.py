@@ -3,6 +3,9 @@
     nice -n 10 python Resources/networks/original/calibrate.py OUT_DIR [--generations 15] [--figure]
         [--check-only | --extended]
 
+(The shipped set came from ``--generations 30``, its first generation holding the set shipped before it:
+``x0`` in ``calibration_C1.json``.)
+
 1. **Search** (4-block network only): differential evolution (scipy) over the parameters of
    ``CALIBRATION_RANGES`` in ``MRHNetLib/simulation/calibration.py`` (tissue T2 rates, MT exchange, bound
    pool per myelin and saturation duty, extra-axonal and cell-body diffusivity) and the receiver scaling of
@@ -191,7 +194,7 @@ def search(proto: Protocol, generations: int, extended: bool = False) -> dict:
                                  tol=1e-4, polish=False, init="sobol", x0=encode(shipped(space), space))
     found = {k: float(f"{v:.3g}") for k, v in decode(res.x, space).items()}
     start = {n: 1.0 if n.startswith("gain") else getattr(PHYSICS, n) for n in space}
-    out = {"ranges": space, "start": start, "found": found, "evaluations": len(history), "objective": round(float(res.fun), 4),
+    out = {"ranges": space, "start": start, "x0": shipped(space), "generations": generations, "found": found, "evaluations": len(history), "objective": round(float(res.fun), 4),
            "contrast_penalty": round(ev.contrast_penalty(found), 4), "fast_before": {}, "fast_after": {}}
     for label, name in NETWORKS.items():
         m = as_model(name)
