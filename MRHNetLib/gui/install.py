@@ -229,10 +229,11 @@ def install_requirements(requirements: Optional[os.PathLike] = None, ask: bool =
     """Inside Slicer: install what is missing, after one confirmation (``ask=False``: none, e.g. in a
     self-test that the user started). The module's packages go through ``slicer.util.pip_install`` with a
     constraints file pinning everything installed; torch through the PyTorch extension (light-the-torch
-    picks the build; no second question). Without the PyTorch extension, it is installed from the Extensions server, a
-    restart is offered and :class:`RestartRequired` raised (the packages are installed by then). Raises
-    :class:`InstallError` when the user declines or something fails. ``restart_required`` in the result:
-    an imported torch was replaced (the engine runs in a child process, which gets the new one)."""
+    picks the build; no second question). Without the PyTorch extension, it is installed from the
+    Extensions server, a restart is offered and :class:`RestartRequired` raised (the packages are
+    installed by then). Raises :class:`InstallError` when the user declines or something fails.
+    ``restart_required`` in the result: an imported torch was replaced (the engine runs in a child
+    process, which gets the new one)."""
     import slicer
 
     req_file = Path(requirements) if requirements is not None else requirements_file()

@@ -5,8 +5,9 @@ A simulated subject is built in three steps:
 1. **Anatomy -> tissue.** Tissue properties per voxel (:class:`~MRHNetLib.simulation.tissue.Tissue`) are derived
    from the real virtual-histology maps shipped in ``Resources/anatomy/`` (see its README): the brain's
    own neurofilament map (``C1`` or ``R2``) gives axon density and, through its structure tensor, the
-   fibre orientation (along tracts; in grey matter across the layers) and coherence; the autofluorescence map (R3) and the Nissl map give cell density,
-   fluid spaces and how strongly axons are myelinated; smooth random fields, seeded by the brain's
+   fibre orientation (along tracts; in grey matter across the layers) and coherence; the
+   autofluorescence map (R3) and the Nissl map give cell density, fluid spaces and how strongly axons
+   are myelinated; smooth random fields, seeded by the brain's
    name, add the variation that no map determines (myelin per axon, dispersion, fixation, pigment).
    A name such as ``C1-d2`` applies a smooth random deformation (number 2) to brain C1's anatomy, so
    more brains than the two anatomy sources can be made. ``size="small"`` builds a procedural brain

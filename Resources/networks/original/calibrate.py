@@ -178,6 +178,7 @@ def search(proto: Protocol, generations: int, extended: bool = False) -> dict:
 
     t0 = time.process_time()
     space = search_space(extended)
+    x0 = shipped(space)
     ev = FastEvaluator(proto, guard_brains=("R2",))
     net4 = as_model(NETWORKS["4 blocks"])
     history = []
@@ -191,10 +192,11 @@ def search(proto: Protocol, generations: int, extended: bool = False) -> dict:
         return value
 
     res = differential_evolution(loss, [(0.0, 1.0)] * len(space), maxiter=generations, popsize=10, seed=0,
-                                 tol=1e-4, polish=False, init="sobol", x0=encode(shipped(space), space))
+                                 tol=1e-4, polish=False, init="sobol", x0=encode(x0, space))
     found = {k: float(f"{v:.3g}") for k, v in decode(res.x, space).items()}
     start = {n: 1.0 if n.startswith("gain") else getattr(PHYSICS, n) for n in space}
-    out = {"ranges": space, "start": start, "x0": shipped(space), "generations": generations, "found": found, "evaluations": len(history), "objective": round(float(res.fun), 4),
+    out = {"ranges": space, "start": start, "x0": x0, "generations": generations, "found": found,
+           "evaluations": len(history), "objective": round(float(res.fun), 4),
            "contrast_penalty": round(ev.contrast_penalty(found), 4), "fast_before": {}, "fast_after": {}}
     for label, name in NETWORKS.items():
         m = as_model(name)
